@@ -152,6 +152,7 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data
             _relocate(proto, tmp_data.name, data_name)
             onnx.save_model(proto, str(tmp_path), save_as_external_data=False)
             if tmp_data.exists():
+                os.chmod(tmp_data, 0o666 & ~umask)
                 os.replace(tmp_data, path.parent / data_name)
         else:
             with open(tmp_path, "wb") as fh:
