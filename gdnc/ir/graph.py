@@ -257,6 +257,50 @@ class Graph:
                     self.set_input(nid, i, new)
         self.outputs = [new if o == old else o for o in self.outputs]
 
+    def rename_value(self, old: str, new: str) -> None:
+        """Give the value ``old`` (produced by a node) the unused name ``new`` everywhere."""
+        if new in self._producer or new in self.initializers or new in self.inputs:
+            raise GraphError(f"cannot rename {old!r} to {new!r}: the name is taken")
+        nid = self._producer.pop(old)
+        node = self.node(nid)
+        node.outputs = [new if o == old else o for o in node.outputs]
+        self._producer[new] = nid
+        uses = self._uses.pop(old, {})
+        self._uses.setdefault(new, {}).update(uses)
+        for user in uses:
+            unode = self.node(user)
+            unode.inputs = [new if i == old else i for i in unode.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+        val = self.values.pop(old, None)
+        if val is not None:
+            val.name = new
+            self.values[new] = val
+        self.value_info = [new if v == old else v for v in self.value_info]
+        self._const_cache.pop(old, None)
+
+    def bypass(self, nid: int, output: str, replacement: str) -> bool:
+        """Remove node ``nid`` whose ``output`` equals ``replacement``; False if impossible.
+
+        Readers of ``output`` read ``replacement`` instead. A graph output keeps its name: the
+        replacement's producer is renamed when it can be.
+        """
+        node = self.node(nid)
+        if any(o and o != output and (self._uses.get(o) or o in self.outputs) for o in node.outputs):
+            return False
+        if output in self.outputs:
+            if (
+                self._producer.get(replacement) is None
+                or replacement in self.outputs
+                or replacement in self.inputs
+            ):
+                return False
+            self.remove_node(nid)
+            self.rename_value(replacement, output)
+            return True
+        self.replace_all_uses(output, replacement)
+        self.remove_node(nid)
+        return True
+
     def fresh_name(self, hint: str) -> str:
         """A value/node name not used in this graph."""
         base = hint or "v"

@@ -1,0 +1,153 @@
+"""Collapse regions of pure data-movement ops into one Transpose/Reshape (or flat Gather).
+
+Exported per-token loops read token ``i`` with ``Gather(x, i)`` and write results back with
+``ScatterElements``/``ScatterND`` into a zeros buffer, or stack them with ``Concat``. Such a
+region moves elements of ONE source tensor around under constant indices. We evaluate the
+region on an index *marker* (``arange(numel(source))`` in the source's shape): the result
+says, for every output element, which source element lands there (-1: none). A complete
+marker that is a permutation becomes a Transpose (+ Reshape); this folds every write-back
+and read spelling the same way, without matching any op string.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.passes.patterns import ONNX_DOMAINS, static_shape
+from gdnc.passes.rewrite import Miss
+from gdnc.runtime.node_eval import eval_node
+
+MOVEMENT_OPS = frozenset({
+    "Gather", "GatherElements", "GatherND", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Flatten",
+    "Expand", "Transpose", "Concat", "Split", "Identity", "ScatterND", "ScatterElements", "Tile",
+})
+_MAX_SOURCE_ELEMENTS = 1 << 24
+_FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
+_MAX_REGION = 100_000
+
+
+@dataclass(frozen=True)
+class _Region:
+    source: str
+    nodes: list[int]  # topological order
+
+
+def _region(g: Graph, value: str) -> _Region | Miss | None:
+    """The data-movement nodes computing ``value`` and its one non-constant float source."""
+    sources: set[str] = set()
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if not current or g.const_value(current) is not None:
+            continue
+        nid = g.producer(current)
+        node = None if nid is None else g.node(nid)
+        if node is None or node.domain not in ONNX_DOMAINS or node.op_type not in MOVEMENT_OPS:
+            sources.add(current)
+            continue
+        if nid in seen:
+            continue
+        seen.add(nid)
+        if len(seen) > _MAX_REGION:
+            return None
+        stack.extend(node.inputs)
+    if len(sources) != 1:
+        return None
+    (source,) = sources
+    if g.value(source).dtype not in _FLOAT_TYPES:
+        return None
+    order = [nid for nid in g.topological_order() if nid in seen]
+    return _Region(source, order)
+
+
+def _marker(g: Graph, region: _Region, value: str, opset: int) -> np.ndarray | None:
+    shape = static_shape(g, region.source)
+    if shape is None or int(np.prod(shape)) > _MAX_SOURCE_ELEMENTS:
+        return None
+    env: dict[str, torch.Tensor] = {
+        region.source: torch.arange(int(np.prod(shape)), dtype=torch.int64).reshape(shape)
+    }
+
+    def read(name: str) -> torch.Tensor | None:
+        if not name:
+            return None
+        if name in env:
+            return env[name]
+        const = g.const_value(name)
+        assert const is not None  # every other leaf of a region is constant
+        tensor = torch.from_numpy(np.array(const))
+        # float constants are data (e.g. a zeros buffer): no source element lands there
+        return torch.full(tensor.shape, -1, dtype=torch.int64) if tensor.is_floating_point() else tensor
+
+    for nid in region.nodes:
+        node = g.node(nid)
+        outs = eval_node(node, [read(i) for i in node.inputs], opset)
+        env.update(zip(node.outputs, outs))
+    return env[value].numpy()
+
+
+def _as_layout_ops(marker: np.ndarray, src_shape: tuple[int, ...]) -> tuple[list[int], bool] | None:
+    """(perm, needs_reshape) with ``marker == index.transpose(perm).reshape(marker.shape)``."""
+    if marker.size != int(np.prod(src_shape)):
+        return None
+    index = np.arange(marker.size).reshape(src_shape)
+    for perm in itertools.permutations(range(len(src_shape))):
+        moved = index.transpose(perm)
+        if np.array_equal(moved.reshape(marker.shape), marker):
+            return list(perm), moved.shape != marker.shape
+    return None
+
+
+@dataclass(frozen=True)
+class FoldDataMovement:
+    """Replace a Concat/Scatter result that is a pure rearrangement of one source tensor."""
+
+    name: str = "fold-data-movement"
+    ops: tuple[str, ...] = ("Concat", "ScatterND", "ScatterElements")
+    opset: int = 18
+
+    def apply(self, g: Graph, nid: int) -> bool | Miss:
+        node = g.node(nid)
+        out = node.outputs[0]
+        out_shape = static_shape(g, out)
+        if node.domain not in ONNX_DOMAINS or out_shape is None:
+            return False
+        if any(g.node(c).op_type in self.ops for c in g.consumers(out)):
+            return False  # only the end of a region is folded
+        region = _region(g, out)
+        if region is None:
+            return False
+        marker = _marker(g, region, out, self.opset)
+        if marker is None:
+            return False
+        if np.any(marker < 0):
+            return Miss(self.name, f"{out!r} is not fully written from {region.source!r}")
+        src_shape = static_shape(g, region.source)
+        assert src_shape is not None
+        layout = _as_layout_ops(marker, src_shape)
+        if layout is None:
+            return Miss(self.name, f"{out!r} is not a transpose/reshape of {region.source!r}")
+        perm, reshape = layout
+        value = region.source
+        position = g.position(nid)
+        if perm != sorted(perm):
+            value = _emit(g, Node("Transpose", [value], [g.fresh_name(out + "_t")],
+                                  attrs=make_attrs(perm=perm)), position)
+        if reshape:
+            shape_c = g.add_initializer(out + "_shape", np.array(out_shape, dtype=np.int64))
+            value = _emit(g, Node("Reshape", [value, shape_c], [g.fresh_name(out + "_r")]), position)
+        g.value(value).dtype = g.value(region.source).dtype
+        g.value(value).shape = out_shape
+        return g.bypass(nid, out, value)
+
+
+def _emit(g: Graph, node: Node, position: float) -> str:
+    g.add_node(node, position=position)
+    return node.outputs[0]
+

@@ -1,0 +1,195 @@
+"""Shape, layout and tensor-creation ops, plus the argument helpers shared by the package."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from gdnc.errors import ShapeError
+from gdnc.runtime.onnx_ops.dtypes import attr_tensor
+from gdnc.runtime.registry import OpContext, register
+
+
+def as_ints(value: Any) -> list[int]:
+    """A shape/axes/index argument (tensor, array, sequence or scalar) as a list of ints."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, Sequence):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    """``axis`` in ``[-rank, rank)`` mapped to ``[0, rank)``; ShapeError otherwise."""
+    if not -rank <= axis < max(rank, 1):
+        raise ShapeError(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def axes_arg(ctx: OpContext, inputs: list[Any], index: int, input_since: int) -> list[int] | None:
+    """Axes given as the ``axes`` attribute before ``input_since``, as input ``index`` after."""
+    if ctx.opset < input_since:
+        axes = ctx.attr("axes")
+        return None if axes is None else as_ints(axes)
+    value = inputs[index] if len(inputs) > index else None
+    return None if value is None else as_ints(value)
+
+
+def _optional(inputs: list[Any], index: int) -> Any:
+    return inputs[index] if len(inputs) > index else None
+
+
+@register("Shape", since=1)
+def _shape(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    dims = list(x.shape)[ctx.attr("start", 0) : ctx.attr("end", None)]
+    return [torch.tensor(dims, dtype=torch.int64, device=x.device)]
+
+
+@register("Size", since=1)
+def _size(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    return [torch.tensor(x.numel(), dtype=torch.int64, device=x.device)]
+
+
+@register("Reshape", since=5)
+def _reshape(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x, shape = inputs[0], as_ints(inputs[1])
+    if not ctx.attr("allowzero", 0):
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return [x.reshape(shape)]
+
+
+@register("Transpose", since=1)
+def _transpose(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    perm = ctx.attr("perm") or list(range(x.dim() - 1, -1, -1))
+    return [x.permute(as_ints(perm))]
+
+
+@register("Unsqueeze", since=1)
+def _unsqueeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    axes = axes_arg(ctx, inputs, 1, input_since=13) or []
+    rank = x.dim() + len(axes)
+    for axis in sorted(norm_axis(a, rank) for a in axes):
+        x = x.unsqueeze(axis)
+    return [x]
+
+
+@register("Squeeze", since=1)
+def _squeeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    axes = axes_arg(ctx, inputs, 1, input_since=13)
+    if axes is None:
+        return [x.squeeze()]
+    dims = tuple(norm_axis(a, x.dim()) for a in axes)
+    if any(x.shape[d] != 1 for d in dims):
+        raise ShapeError(f"Squeeze axes {axes} of shape {tuple(x.shape)} are not all 1")
+    return [x.squeeze(dims)]
+
+
+@register("Flatten", since=1)
+def _flatten(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    axis = ctx.attr("axis", 1)
+    axis = x.dim() if axis == x.dim() else norm_axis(axis, x.dim())
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
+
+
+@register("Concat", since=4)
+def _concat(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [torch.cat(inputs, dim=ctx.attr("axis"))]
+
+
+@register("Split", since=2)
+def _split(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """``split`` sizes: attribute before opset 13, input after; else ceil-sized equal chunks."""
+    x = inputs[0]
+    axis = norm_axis(ctx.attr("axis", 0), x.dim())
+    if ctx.opset < 13:
+        sizes = ctx.attr("split")
+    else:
+        sizes = _optional(inputs, 1)
+    if sizes is None or len(as_ints(sizes)) == 0:
+        parts = ctx.attr("num_outputs", ctx.num_outputs)
+        sizes = -(-x.shape[axis] // parts)
+    else:
+        sizes = as_ints(sizes)
+    return list(torch.split(x, sizes, dim=axis))
+
+
+def _slice_axis(x: torch.Tensor, axis: int, start: int, end: int, step: int) -> torch.Tensor:
+    dim = x.shape[axis]
+    if step == 0:
+        raise ShapeError("Slice step must not be 0")
+    start, end = (v + dim if v < 0 else v for v in (start, end))
+    if step > 0:
+        start, end = min(max(start, 0), dim), min(max(end, 0), dim)
+        return x[(slice(None),) * axis + (slice(start, end, step),)]
+    start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+    index = torch.arange(start, end, step, device=x.device)
+    return x.index_select(axis, index)
+
+
+@register("Slice", since=1)
+def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """starts/ends/axes attributes before opset 10, then inputs with optional steps."""
+    x = inputs[0]
+    if ctx.opset < 10:
+        starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
+    else:
+        starts, ends, axes, steps = (_optional(inputs, i) for i in range(1, 5))
+    starts, ends = as_ints(starts), as_ints(ends)
+    axes = as_ints(axes) if axes is not None else list(range(len(starts)))
+    steps = as_ints(steps) if steps is not None else [1] * len(starts)
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        x = _slice_axis(x, norm_axis(axis, x.dim()), start, end, step)
+    return [x]
+
+
+@register("Expand", since=8)
+def _expand(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    x = inputs[0]
+    return [x.expand(torch.broadcast_shapes(x.shape, tuple(as_ints(inputs[1]))))]
+
+
+@register("Tile", since=6)
+def _tile(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [inputs[0].repeat(as_ints(inputs[1]))]
+
+
+@register("ConstantOfShape", since=9)
+def _constant_of_shape(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    shape = inputs[0]
+    value = ctx.attr("value")
+    fill = attr_tensor(value).reshape(()) if value is not None else torch.tensor(0.0)
+    return [torch.full(as_ints(shape), fill.item(), dtype=fill.dtype, device=shape.device)]
+
+
+_CONSTANT_ATTRS = {
+    "value_float": torch.float32,
+    "value_floats": torch.float32,
+    "value_int": torch.int64,
+    "value_ints": torch.int64,
+}
+
+
+@register("Constant", since=1)
+def _constant(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    if ctx.attr("value") is not None:
+        return [attr_tensor(ctx.attr("value"))]
+    for name, dtype in _CONSTANT_ATTRS.items():
+        if ctx.attr(name) is not None:
+            return [torch.tensor(ctx.attr(name), dtype=dtype)]
+    raise ShapeError(f"Constant {ctx.node_name!r} has no supported value attribute")
+
+
+@register("Range", since=11)
+def _range(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    start, limit, delta = inputs
+    values = (start.item(), limit.item(), delta.item())
+    return [torch.arange(*values, dtype=start.dtype, device=start.device)]
