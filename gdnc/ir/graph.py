@@ -86,6 +86,10 @@ class Node:
             return numpy_helper.to_array(a.value)
         return a.value
 
+    def attrs_have_graph(self) -> bool:
+        return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for a in self.attrs.values())
+
     @property
     def qualified_op(self) -> str:
         return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
@@ -136,6 +140,7 @@ class Graph:
         self._uses: dict[str, dict[int, None]] = {}
         self._ids = itertools.count()
         self._const_cache: dict[str, np.ndarray] = {}
+        self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
 
     # ----------------------------------------------------------------- queries
     def node(self, nid: int) -> Node:
@@ -313,11 +318,20 @@ class Graph:
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         """Add a constant tensor; returns its (possibly uniquified) name."""
-        if name in self.initializers or name in self._producer or name in self.values:
+        if name in self.initializers or name in self._producer or name in self.inputs:
             name = self.fresh_name(name)
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         self.values[name] = Value(name, _elem_type(np.asarray(array)), tuple(np.shape(array)))
         self._const_cache.pop(name, None)
+        return name
+
+    def constant(self, array: np.ndarray, hint: str = "const") -> str:
+        """An initializer holding ``array``, shared with an identical one made before."""
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        name = self._shared_consts.get(key)
+        if name is None or name not in self.initializers:
+            name = self._shared_consts[key] = self.add_initializer(hint, array)
         return name
 
     def _add_use(self, name: str, nid: int) -> None:

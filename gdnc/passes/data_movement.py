@@ -29,6 +29,7 @@ MOVEMENT_OPS = frozenset({
 _MAX_SOURCE_ELEMENTS = 1 << 24
 _FLOAT_TYPES = {1, 10, 11, 16}  # float, float16, double, bfloat16
 _MAX_REGION = 100_000
+_READS = frozenset({"Gather", "GatherElements", "GatherND", "Slice"})
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ def _region(g: Graph, value: str) -> _Region | Miss | None:
         seen.add(nid)
         if len(seen) > _MAX_REGION:
             return None
-        stack.extend(node.inputs)
+        if node.op_type in _READS:
+            # the tensor a per-token read slices is the source; what made it stays as it is
+            sources.add(node.inputs[0])
+            stack.extend(node.inputs[1:])
+        else:
+            stack.extend(node.inputs)
     if len(sources) != 1:
         return None
     (source,) = sources
@@ -127,7 +133,7 @@ class FoldDataMovement:
         if marker is None:
             return False
         if np.any(marker < 0):
-            return Miss(self.name, f"{out!r} is not fully written from {region.source!r}")
+            return False  # a partial write: the end of a region is further on, if anywhere
         src_shape = static_shape(g, region.source)
         assert src_shape is not None
         layout = _as_layout_ops(marker, src_shape)
@@ -140,7 +146,7 @@ class FoldDataMovement:
             value = _emit(g, Node("Transpose", [value], [g.fresh_name(out + "_t")],
                                   attrs=make_attrs(perm=perm)), position)
         if reshape:
-            shape_c = g.add_initializer(out + "_shape", np.array(out_shape, dtype=np.int64))
+            shape_c = g.constant(np.array(out_shape, dtype=np.int64), out + "_shape")
             value = _emit(g, Node("Reshape", [value, shape_c], [g.fresh_name(out + "_r")]), position)
         g.value(value).dtype = g.value(region.source).dtype
         g.value(value).shape = out_shape

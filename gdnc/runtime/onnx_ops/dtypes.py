@@ -42,8 +42,7 @@ def torch_dtype(onnx_elem_type: int) -> torch.dtype:
         return _TO_TORCH[int(onnx_elem_type)]
     except KeyError:
         raise ShapeError(
-            f"ONNX element type {onnx_elem_type} ({_elem_name(onnx_elem_type)}) "
-            "has no torch dtype"
+            f"ONNX element type {onnx_elem_type} ({_elem_name(onnx_elem_type)}) has no torch dtype"
         ) from None
 
 

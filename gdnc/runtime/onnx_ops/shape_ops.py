@@ -24,9 +24,9 @@ def as_ints(value: Any) -> list[int]:
 
 def norm_axis(axis: int, rank: int) -> int:
     """``axis`` in ``[-rank, rank)`` mapped to ``[0, rank)``; ShapeError otherwise."""
-    if not -rank <= axis < max(rank, 1):
+    if not -rank <= axis < rank:
         raise ShapeError(f"axis {axis} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def axes_arg(ctx: OpContext, inputs: list[Any], index: int, input_since: int) -> list[int] | None:
@@ -34,11 +34,12 @@ def axes_arg(ctx: OpContext, inputs: list[Any], index: int, input_since: int) ->
     if ctx.opset < input_since:
         axes = ctx.attr("axes")
         return None if axes is None else as_ints(axes)
-    value = inputs[index] if len(inputs) > index else None
+    value = optional_input(inputs, index)
     return None if value is None else as_ints(value)
 
 
-def _optional(inputs: list[Any], index: int) -> Any:
+def optional_input(inputs: list[Any], index: int) -> Any:
+    """Input ``index``, or None when omitted or past the end."""
     return inputs[index] if len(inputs) > index else None
 
 
@@ -96,7 +97,7 @@ def _squeeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 def _flatten(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     axis = ctx.attr("axis", 1)
-    axis = x.dim() if axis == x.dim() else norm_axis(axis, x.dim())
+    axis = axis + x.dim() if axis < 0 else axis
     return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))]
 
 
@@ -110,15 +111,11 @@ def _split(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """``split`` sizes: attribute before opset 13, input after; else ceil-sized equal chunks."""
     x = inputs[0]
     axis = norm_axis(ctx.attr("axis", 0), x.dim())
-    if ctx.opset < 13:
-        sizes = ctx.attr("split")
-    else:
-        sizes = _optional(inputs, 1)
-    if sizes is None or len(as_ints(sizes)) == 0:
+    sizes = ctx.attr("split") if ctx.opset < 13 else optional_input(inputs, 1)
+    sizes = [] if sizes is None else as_ints(sizes)
+    if not sizes:
         parts = ctx.attr("num_outputs", ctx.num_outputs)
-        sizes = -(-x.shape[axis] // parts)
-    else:
-        sizes = as_ints(sizes)
+        return list(torch.split(x, -(-x.shape[axis] // parts), dim=axis))
     return list(torch.split(x, sizes, dim=axis))
 
 
@@ -142,11 +139,11 @@ def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     if ctx.opset < 10:
         starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
     else:
-        starts, ends, axes, steps = (_optional(inputs, i) for i in range(1, 5))
+        starts, ends, axes, steps = (optional_input(inputs, i) for i in range(1, 5))
     starts, ends = as_ints(starts), as_ints(ends)
     axes = as_ints(axes) if axes is not None else list(range(len(starts)))
     steps = as_ints(steps) if steps is not None else [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         x = _slice_axis(x, norm_axis(axis, x.dim()), start, end, step)
     return [x]
 

@@ -1,0 +1,134 @@
+"""Replace each chain of T steps by ONE ``ai.gdnc::GatedDeltaNet`` node.
+
+The per-token inputs are stacked along a new time axis (Unsqueeze + Concat) and each
+per-token output ``o_t`` becomes ``Gather(o, t)``; the data-movement folding that runs
+next turns those stacks and gathers back into the original full tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gdnc import fused_op
+from gdnc.fused_op import GdnAttrs
+from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.passes.delta_net.chains import Chain, find_chains
+from gdnc.passes.patterns import is_zero_const, static_shape
+from gdnc.passes.rewrite import Miss
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    """What one fused chain looked like (for the report)."""
+
+    node: str
+    steps: int
+    heads: int | None
+    key_dim: int | None
+    value_dim: int | None
+    layout: str
+    gate: str
+    initial_state: bool
+
+
+@dataclass
+class FusionResult:
+    chains: list[ChainInfo] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)
+
+
+def _unsqueeze(g: Graph, value: str, axis: int, opset: int, position: float) -> str:
+    out = g.fresh_name(f"{value}_u")
+    if opset >= 13:
+        axes = g.constant(np.array([axis], dtype=np.int64), "gdn_axis")
+        g.add_node(Node("Unsqueeze", [value, axes], [out]), position)
+    else:
+        g.add_node(Node("Unsqueeze", [value], [out], attrs=make_attrs(axes=[axis])), position)
+    shape = static_shape(g, value)
+    g.value(out).dtype = g.value(value).dtype
+    if shape is not None:
+        g.value(out).shape = shape[:axis] + (1,) + shape[axis:]
+    return out
+
+
+def _stack(g: Graph, values: list[str], axis: int, opset: int, position: float, hint: str) -> str:
+    parts = [_unsqueeze(g, v, axis, opset, position) for v in values]
+    if len(parts) == 1:
+        return parts[0]
+    out = g.fresh_name(hint)
+    g.add_node(Node("Concat", parts, [out], attrs=make_attrs(axis=axis)), position)
+    g.value(out).dtype = g.value(values[0]).dtype
+    shape = static_shape(g, parts[0])
+    if shape is not None:
+        g.value(out).shape = shape[:axis] + (len(parts),) + shape[axis + 1:]
+    return out
+
+
+def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Miss:
+    steps = chain.steps
+    first, last = steps[0], steps[-1]
+    batch_dims = first.rank - 3
+    if batch_dims > 1:
+        return Miss("delta-net-fuse", f"{last.new}: state has {batch_dims} batch dims (max 1)")
+    position = max(g.position(n) for s in steps for n in s.nodes)
+    o_values = [s.o for s in steps]
+    o_meta = [(g.value(v).dtype, g.value(v).shape) for v in o_values]
+    state_meta = (g.value(last.new).dtype, g.value(last.new).shape)
+    g.remove_nodes(n for s in steps for n in s.nodes)
+
+    axis = batch_dims
+    q, k, v, gate, beta = (
+        _stack(g, [getattr(s, f) for s in steps], axis, opset, position, f"{name}_{f}")
+        for f in ("q", "k", "v", "gate", "beta")
+    )
+    if not first.gate_is_log:
+        log_gate = g.fresh_name(f"{name}_g")
+        g.add_node(Node("Log", [gate], [log_gate]), position)
+        g.value(log_gate).dtype, g.value(log_gate).shape = g.value(gate).dtype, g.value(gate).shape
+        gate = log_gate
+    state = "" if is_zero_const(g, first.prev) else first.prev
+    o_full = g.fresh_name(f"{name}_o")
+    attrs = GdnAttrs(scale=1.0, state_layout=first.layout)
+    g.add_node(
+        Node(fused_op.OP_TYPE, [q, k, v, gate, beta, state], [o_full, last.new],
+             domain=fused_op.DOMAIN, attrs=make_attrs(**attrs.to_onnx()), name=name),
+        position,
+    )
+    g.value(last.new).dtype, g.value(last.new).shape = state_meta
+    v_shape = static_shape(g, v)
+    g.value(o_full).dtype = g.value(v).dtype
+    g.value(o_full).shape = v_shape
+    for t, (o_t, (dtype, shape)) in enumerate(zip(o_values, o_meta)):
+        index = g.constant(np.array(t, dtype=np.int64), f"gdn_t{t}")
+        g.add_node(Node("Gather", [o_full, index], [o_t], attrs=make_attrs(axis=axis)), position)
+        g.value(o_t).dtype, g.value(o_t).shape = dtype, shape
+    q_shape = static_shape(g, q)
+    return ChainInfo(
+        node=name,
+        steps=len(steps),
+        heads=None if v_shape is None else v_shape[-2],
+        key_dim=None if q_shape is None else q_shape[-1],
+        value_dim=None if v_shape is None else v_shape[-1],
+        layout=first.layout,
+        gate=("per-key" if first.per_key else "per-head") + ("" if first.gate_is_log else ", direct"),
+        initial_state=bool(state),
+    )
+
+
+def fuse_delta_nets(model: Model) -> FusionResult:
+    """Find every chain in ``model.graph`` and fuse it; the graph is edited in place."""
+    g = model.graph
+    chains, misses = find_chains(g)
+    result = FusionResult(misses=list(misses))
+    opset = model.opset("")
+    for i, chain in enumerate(chains):
+        info = fuse_chain(g, chain, opset, f"gated_delta_net_{i}")
+        if isinstance(info, Miss):
+            result.misses.append(info)
+        else:
+            result.chains.append(info)
+    if result.chains and fused_op.DOMAIN not in model.opset_imports:
+        model.opset_imports[fused_op.DOMAIN] = fused_op.OPSET_VERSION
+    return result

@@ -1,0 +1,19 @@
+"""Torch implementations of the standard ONNX ops used by exported LLM graphs.
+
+Importing this package registers every op with :mod:`gdnc.runtime.registry`.
+"""
+
+from __future__ import annotations
+
+from gdnc.runtime.onnx_ops import elementwise, indexing, nn, reduce, shape_ops
+from gdnc.runtime.onnx_ops.dtypes import onnx_elem_type, torch_dtype
+
+__all__ = [
+    "elementwise",
+    "indexing",
+    "nn",
+    "onnx_elem_type",
+    "reduce",
+    "shape_ops",
+    "torch_dtype",
+]

@@ -1,0 +1,117 @@
+"""Index-driven ops: Gather*, Scatter*, Trilu, NonZero, OneHot. Negative indices wrap."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from gdnc.errors import UnsupportedOpError
+from gdnc.runtime.onnx_ops.shape_ops import as_ints, norm_axis, optional_input
+from gdnc.runtime.registry import OpContext, register
+
+# ONNX scatter ``reduction`` -> torch ``scatter_reduce`` name ("none" is a plain scatter)
+_REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def _wrap(index: torch.Tensor, dim: int | torch.Tensor) -> torch.Tensor:
+    """int64 indices with negative ones counted from the end of ``dim``."""
+    index = index.long()
+    return torch.where(index < 0, index + dim, index)
+
+
+def _linear_index(index: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """Row-major offsets into ``dims`` of the index tuples along the last axis of ``index``."""
+    sizes = torch.tensor(list(dims), dtype=torch.int64, device=index.device)
+    strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
+    strides_t = torch.tensor(strides, dtype=torch.int64, device=index.device)
+    return (_wrap(index, sizes) * strides_t).sum(-1)
+
+
+def _reduction(ctx: OpContext) -> str | None:
+    name = ctx.attr("reduction", "none")
+    if name == "none":
+        return None
+    if name not in _REDUCTIONS:
+        raise UnsupportedOpError(f"{ctx.op_type} reduction {name!r} is not supported")
+    return _REDUCTIONS[name]
+
+
+@register("Gather", since=1)
+def _gather(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    data, index = inputs
+    axis = norm_axis(ctx.attr("axis", 0), data.dim())
+    out = data.index_select(axis, _wrap(index, data.shape[axis]).reshape(-1))
+    return [out.reshape(data.shape[:axis] + index.shape + data.shape[axis + 1 :])]
+
+
+@register("GatherElements", since=11)
+def _gather_elements(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    data, index = inputs
+    axis = norm_axis(ctx.attr("axis", 0), data.dim())
+    return [torch.gather(data, axis, _wrap(index, data.shape[axis]))]
+
+
+@register("GatherND", since=11)
+def _gather_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """The leading ``batch_dims`` axes of data and indices are matched pairwise."""
+    data, index = inputs
+    b, k = ctx.attr("batch_dims", 0), index.shape[-1]
+    batch, dims, tail = math.prod(data.shape[:b]), data.shape[b : b + k], data.shape[b + k :]
+    flat = data.reshape(batch, math.prod(dims), *tail)
+    rows = torch.arange(batch, device=data.device).unsqueeze(1)
+    out = flat[rows, _linear_index(index, dims).reshape(batch, -1)]
+    return [out.reshape(*index.shape[:-1], *tail)]
+
+
+@register("ScatterElements", since=11)
+def _scatter_elements(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    data, index, updates = inputs
+    axis = norm_axis(ctx.attr("axis", 0), data.dim())
+    index = _wrap(index, data.shape[axis])
+    reduce = _reduction(ctx)
+    if reduce is None:
+        return [data.scatter(axis, index, updates)]
+    return [data.scatter_reduce(axis, index, updates, reduce, include_self=True)]
+
+
+@register("ScatterND", since=11)
+def _scatter_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    data, index, updates = inputs
+    k = index.shape[-1]
+    tail = data.shape[k:]
+    out = data.reshape(math.prod(data.shape[:k]), *tail).clone()
+    rows = _linear_index(index, data.shape[:k]).reshape(-1)
+    updates = updates.reshape(-1, *tail)
+    reduce = _reduction(ctx)
+    if reduce is None:
+        out[rows] = updates
+    else:
+        rows = rows.reshape(-1, *(1,) * len(tail)).expand_as(updates)
+        out.scatter_reduce_(0, rows, updates, reduce, include_self=True)
+    return [out.reshape(data.shape)]
+
+
+@register("Trilu", since=14)
+def _trilu(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    k = optional_input(inputs, 1)
+    fn = torch.triu if ctx.attr("upper", 1) else torch.tril
+    return [fn(inputs[0], 0 if k is None else as_ints(k)[0])]
+
+
+@register("NonZero", since=9)
+def _nonzero(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [torch.nonzero(inputs[0]).T.contiguous()]
+
+
+@register("OneHot", since=9)
+def _one_hot(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """Output ``values[1]`` where index == position along ``axis``, else ``values[0]``."""
+    indices, depth, values = inputs
+    depth = as_ints(depth.reshape(-1))[0]
+    index = _wrap(indices, depth)
+    axis = norm_axis(ctx.attr("axis", -1), index.dim() + 1)
+    hot = (index.unsqueeze(-1) == torch.arange(depth, device=index.device)).movedim(-1, axis)
+    return [torch.where(hot, values[1], values[0])]

@@ -1,0 +1,96 @@
+"""Neural-network ops: MatMul, Gemm, Einsum, (Log)Softmax, normalizations, Gelu."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from gdnc.runtime.onnx_ops.dtypes import torch_dtype
+from gdnc.runtime.onnx_ops.shape_ops import norm_axis, optional_input
+from gdnc.runtime.registry import OpContext, OpImpl, register
+
+
+@register("MatMul", since=1)
+def _matmul(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [torch.matmul(inputs[0], inputs[1])]
+
+
+@register("Gemm", since=7)
+def _gemm(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """alpha * A' @ B' + beta * C, C unidirectionally broadcast (optional from opset 11)."""
+    a, b, c = inputs[0], inputs[1], optional_input(inputs, 2)
+    a = a.T if ctx.attr("transA", 0) else a
+    b = b.T if ctx.attr("transB", 0) else b
+    alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
+    y = a @ b
+    if alpha != 1.0:
+        y = alpha * y
+    if c is not None and beta != 0.0:
+        y = y + (c if beta == 1.0 else beta * c)
+    return [y.to(a.dtype)]
+
+
+@register("Einsum", since=12)
+def _einsum(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [torch.einsum(ctx.attr("equation").replace(" ", ""), *inputs)]
+
+
+def _softmax_impl(fn: Callable[..., torch.Tensor]) -> OpImpl:
+    def impl(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+        """Along ``axis`` (default -1) from opset 13; before, over the 2-D coercion at axis 1."""
+        x = inputs[0]
+        if ctx.opset >= 13:
+            return [fn(x, dim=norm_axis(ctx.attr("axis", -1), x.dim()))]
+        axis = norm_axis(ctx.attr("axis", 1), x.dim())
+        rows = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+        return [fn(rows, dim=1).reshape(x.shape)]
+
+    return impl
+
+
+register("Softmax", since=1)(_softmax_impl(torch.softmax))
+register("LogSoftmax", since=1)(_softmax_impl(torch.log_softmax))
+
+
+def _norm_args(ctx: OpContext, x: torch.Tensor) -> tuple[tuple[int, ...], float, torch.dtype]:
+    """Normalized axes (``axis`` to the end), epsilon, and stash (compute) dtype."""
+    axis = norm_axis(ctx.attr("axis", -1), x.dim())
+    return (
+        tuple(range(axis, x.dim())),
+        ctx.attr("epsilon", 1e-5),
+        torch_dtype(ctx.attr("stash_type", 1)),
+    )
+
+
+@register("LayerNormalization", since=17)
+def _layer_norm(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """Outputs Y, Mean, InvStdDev (the last two in the stash type, reduced dims kept)."""
+    x, scale, bias = inputs[0], inputs[1], optional_input(inputs, 2)
+    dims, eps, stash = _norm_args(ctx, x)
+    xs = x.to(stash)
+    mean = xs.mean(dims, keepdim=True)
+    deviation = xs - mean
+    inv_std = torch.reciprocal(torch.sqrt(deviation.square().mean(dims, keepdim=True) + eps))
+    y = (deviation * inv_std).to(x.dtype) * scale
+    if bias is not None:
+        y = y + bias
+    return [y, mean, inv_std][: max(ctx.num_outputs, 1)]
+
+
+@register("RMSNormalization", since=23)
+def _rms_norm(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """X / sqrt(mean(X^2) + epsilon) * scale, computed in the stash type."""
+    x, scale = inputs
+    dims, eps, stash = _norm_args(ctx, x)
+    xs = x.to(stash)
+    rms = torch.sqrt(xs.square().mean(dims, keepdim=True) + eps)
+    return [(xs / rms).to(x.dtype) * scale]
+
+
+@register("Gelu", since=20)
+def _gelu(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [F.gelu(inputs[0], approximate=ctx.attr("approximate", "none"))]
