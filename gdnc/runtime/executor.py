@@ -1,0 +1,123 @@
+"""Execute an IR graph with torch on CPU or CUDA.
+
+The plan (topological order, implementations, attribute decoding, last uses) is built once;
+``run`` then only moves tensors. Intermediate tensors are freed after their last reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from onnx import numpy_helper
+
+import gdnc.runtime.fused_ops  # noqa: F401  (registers ai.gdnc ops)
+from gdnc.errors import InputError
+from gdnc.ir.graph import Graph, Model
+from gdnc.runtime.node_eval import op_context
+from gdnc.runtime.onnx_ops.dtypes import torch_dtype
+from gdnc.runtime.registry import OpContext, OpImpl, lookup
+
+
+@dataclass(frozen=True)
+class _Step:
+    impl: OpImpl
+    ctx: OpContext
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    frees: tuple[str, ...]
+
+
+class GraphRunner:
+    """A compiled plan for one graph (the main graph or a subgraph)."""
+
+    def __init__(self, graph: Graph, opsets: Mapping[str, int], device: torch.device) -> None:
+        self.graph = graph
+        self.device = device
+        self.constants = {
+            name: torch.from_numpy(np.array(numpy_helper.to_array(t))).to(device)
+            for name, t in graph.initializers.items()
+        }
+        order = graph.topological_order()
+        last_use: dict[str, int] = {}
+        for i, nid in enumerate(order):
+            for name in graph.node(nid).inputs:
+                last_use[name] = i
+        keep = set(graph.outputs) | set(self.constants)
+        steps = []
+        for i, nid in enumerate(order):
+            node = graph.node(nid)
+            opset = opsets.get("" if node.domain == "ai.onnx" else node.domain, 1)
+            impl = lookup(node.domain, node.op_type, opset)
+            frees = tuple(n for n in dict.fromkeys(node.inputs)
+                          if n and last_use.get(n) == i and n not in keep)
+            steps.append(_Step(impl, op_context(node, opset, self._subgraph_runner(opsets)),
+                               tuple(node.inputs), tuple(node.outputs), frees))
+        self.steps = steps
+
+    def _subgraph_runner(self, opsets: Mapping[str, int]):
+        def run_subgraph(graph: Graph, inputs: list[torch.Tensor], outer: Mapping[str, torch.Tensor]):
+            runner = GraphRunner(graph, opsets, self.device)
+            return runner.run(dict(zip(graph.inputs, inputs)), outer)
+        return run_subgraph
+
+    def run(
+        self, feeds: Mapping[str, torch.Tensor], outer: Mapping[str, torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        env: dict[str, torch.Tensor] = dict(outer or {})
+        env.update(self.constants)
+        env.update(feeds)
+        for step in self.steps:
+            args = [env[n] if n else None for n in step.inputs]
+            outs = step.impl(step.ctx, args)
+            for name, value in zip(step.outputs, outs):
+                if name:
+                    env[name] = value
+            for name in step.frees:
+                env.pop(name, None)
+        return [env[name] for name in self.graph.outputs]
+
+
+class Executor:
+    """Run a Model: ``Executor(model).run({"x": array}) -> {"y": tensor}``."""
+
+    def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.runner = GraphRunner(model.graph, model.opset_imports, self.device)
+
+    @property
+    def input_names(self) -> list[str]:
+        g = self.model.graph
+        return [n for n in g.inputs if n not in g.initializers]
+
+    def _feed(self, name: str, value: np.ndarray | torch.Tensor) -> torch.Tensor:
+        spec = self.model.graph.value(name)
+        tensor = torch.as_tensor(value).to(self.device) if isinstance(value, torch.Tensor) \
+            else torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+        if spec.dtype and torch_dtype(spec.dtype) != tensor.dtype:
+            raise InputError(
+                f"input {name!r}: dtype {tensor.dtype} given, the model wants {torch_dtype(spec.dtype)}")
+        if spec.shape is not None:
+            if len(spec.shape) != tensor.dim():
+                raise InputError(f"input {name!r}: rank {tensor.dim()} given, the model wants "
+                                 f"{len(spec.shape)} {list(spec.shape)}")
+            for want, got in zip(spec.shape, tensor.shape):
+                if isinstance(want, int) and want != got:
+                    raise InputError(f"input {name!r}: shape {list(tensor.shape)} given, the model "
+                                     f"wants {list(spec.shape)}")
+        return tensor
+
+    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InputError(f"missing model input(s): {', '.join(missing)}")
+        unknown = sorted(set(feeds) - set(self.input_names))
+        if unknown:
+            raise InputError(f"unknown model input(s): {', '.join(unknown)}")
+        tensors = {name: self._feed(name, value) for name, value in feeds.items()}
+        with torch.inference_mode():
+            outs = self.runner.run(tensors)
+        return dict(zip(self.model.graph.outputs, outs))
