@@ -33,12 +33,12 @@ _READS = frozenset({"Gather", "GatherElements", "GatherND", "Slice"})
 
 
 @dataclass(frozen=True)
-class _Region:
+class Region:
     source: str
     nodes: list[int]  # topological order
 
 
-def _region(g: Graph, value: str) -> _Region | Miss | None:
+def movement_region(g: Graph, value: str) -> Region | Miss | None:
     """The data-movement nodes computing ``value`` and its one non-constant float source."""
     sources: set[str] = set()
     seen: set[int] = set()
@@ -69,10 +69,10 @@ def _region(g: Graph, value: str) -> _Region | Miss | None:
     if g.value(source).dtype not in _FLOAT_TYPES:
         return None
     order = [nid for nid in g.topological_order() if nid in seen]
-    return _Region(source, order)
+    return Region(source, order)
 
 
-def _marker(g: Graph, region: _Region, value: str, opset: int) -> np.ndarray | None:
+def movement_marker(g: Graph, region: Region, value: str, opset: int) -> np.ndarray | None:
     shape = static_shape(g, region.source)
     if shape is None or int(np.prod(shape)) > _MAX_SOURCE_ELEMENTS:
         return None
@@ -126,10 +126,10 @@ class FoldDataMovement:
             return False
         if any(g.node(c).op_type in self.ops for c in g.consumers(out)):
             return False  # only the end of a region is folded
-        region = _region(g, out)
+        region = movement_region(g, out)
         if region is None:
             return False
-        marker = _marker(g, region, out, self.opset)
+        marker = movement_marker(g, region, out, self.opset)
         if marker is None:
             return False
         if np.any(marker < 0):

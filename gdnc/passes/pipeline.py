@@ -11,7 +11,7 @@ from gdnc.ir.graph import Model
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
 from gdnc.passes.data_movement import FoldDataMovement
-from gdnc.passes.delta_net import AbsorbQScale, ChainInfo, fuse_delta_nets
+from gdnc.passes.delta_net import ABSORB_RULES, ChainInfo, fuse_delta_nets
 from gdnc.passes.rewrite import Miss, graph_rewrite
 from gdnc.passes.shapes import infer_shapes
 
@@ -65,7 +65,8 @@ def _fuse(model: Model, report: ConversionReport) -> None:
 def _simplify(model: Model, report: ConversionReport) -> None:
     """Fold, clean and absorb to a fixpoint, removing dead nodes between rounds (a rule
     that looks at the readers of a value, like the scale absorption, needs them gone)."""
-    rules = [FoldDataMovement(opset=model.opset("")), *CLEANUP_RULES, AbsorbQScale()]
+    opset = model.opset("")
+    rules = [FoldDataMovement(opset=opset), *CLEANUP_RULES, *ABSORB_RULES(opset)]
     for _ in range(20):
         stats = graph_rewrite(model.graph, rules, "simplify")
         removed = dead_code_elimination(model.graph)

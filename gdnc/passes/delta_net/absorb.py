@@ -1,56 +1,200 @@
-"""Fold what surrounds a fused node into its attributes: a constant q scale."""
+"""Fold what surrounds a fused node into its attributes.
+
+- a constant scale on q (``Mul``/``Div`` by a scalar) -> ``scale``;
+- l2-normalisation of both q and k (HF spelling, eps 1e-6 inside the sqrt) -> ``qk_l2norm``;
+- a repeat of the key heads to the value heads (repeat_interleave or tile) -> ``head_map``.
+
+Each walks up from the node's input through single-reader layout ops that commute with the
+folded operation, so the ops removed are used by nothing else.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from gdnc import fused_op
 from gdnc.fused_op import GdnAttrs
-from gdnc.ir.graph import Graph, make_attrs
-from gdnc.passes.patterns import ONNX_DOMAINS, scalar_const
+from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.passes.data_movement import movement_marker, movement_region
+from gdnc.passes.patterns import ONNX_DOMAINS, axes_of, norm_axes, producer, rank, scalar_const, static_shape
 
-# ops that commute with multiplying every element by a scalar
-_LAYOUT_OPS = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand")
+# ops that commute with multiplying every element by a scalar / normalising the last axis
+_LAYOUT_OPS = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile")
+_L2_EPS = 1e-6
+
+
+def _fused(g: Graph, nid: int) -> Node | None:
+    node = g.node(nid)
+    return node if node.domain == fused_op.DOMAIN and node.op_type == fused_op.OP_TYPE else None
+
+
+def _attrs(node: Node) -> GdnAttrs:
+    return GdnAttrs.from_onnx({k: node.attr(k) for k in node.attrs})
+
+
+def _keeps_last_axis(g: Graph, node: Node) -> bool:
+    if node.op_type == "Transpose":
+        perm = node.attr("perm")
+        return perm is not None and perm[-1] == len(perm) - 1
+    before, after = static_shape(g, node.inputs[0]), static_shape(g, node.outputs[0])
+    return before is not None and after is not None and before[-1] == after[-1]
+
+
+def _upstream(g: Graph, nid: int, index: int, last_axis: bool) -> tuple[int, int, Node] | None:
+    """Walk from input ``index`` of node ``nid`` up through private layout ops.
+
+    Returns (reader id, input index, first non-layout producer) or None.
+    """
+    reader, value = nid, g.node(nid).inputs[index]
+    while True:
+        if len(g.consumers(value)) != 1 or g.is_graph_output(value):
+            return None
+        src_id = g.producer(value)
+        if src_id is None:
+            return None
+        src = g.node(src_id)
+        if src.domain not in ONNX_DOMAINS:
+            return None
+        if src.op_type in _LAYOUT_OPS and (not last_axis or _keeps_last_axis(g, src)):
+            reader, index, value = src_id, 0, src.inputs[0]
+            continue
+        return reader, index, src
 
 
 @dataclass(frozen=True)
 class AbsorbQScale:
-    """``GatedDeltaNet(q = layout(Mul(x, c) | Div(x, c)))`` -> ``GatedDeltaNet(layout(x), scale*c)``."""
+    """``q = layout(Mul(x, c) | Div(x, c))`` -> ``q = layout(x)``, ``scale *= c`` (or ``/= c``)."""
 
     name: str = "absorb-q-scale"
     ops: tuple[str, ...] = (fused_op.OP_TYPE,)
 
     def apply(self, g: Graph, nid: int) -> bool:
-        node = g.node(nid)
-        if node.domain != fused_op.DOMAIN:
+        node = _fused(g, nid)
+        found = None if node is None else _upstream(g, nid, 0, last_axis=False)
+        if found is None or found[2].op_type not in ("Mul", "Div"):
             return False
-        reader, index, value = nid, 0, node.inputs[0]
-        while True:
-            if len(g.consumers(value)) != 1 or g.is_graph_output(value):
-                return False
-            src_id = g.producer(value)
-            if src_id is None:
-                return False
-            src = g.node(src_id)
-            if src.domain not in ONNX_DOMAINS:
-                return False
-            if src.op_type in _LAYOUT_OPS:
-                reader, index, value = src_id, 0, src.inputs[0]
-                continue
-            if src.op_type in ("Mul", "Div"):
-                break
-            return False
+        reader, index, src = found
         x, c = src.inputs
         factor = scalar_const(g, c)
         if factor is None and src.op_type == "Mul":
             x, c = c, x
             factor = scalar_const(g, c)
-        if factor is None or factor == 0.0:
+        scale = _attrs(node).scale  # type: ignore[arg-type]
+        if factor is None or factor == 0.0 or scale is None:
             return False
-        scale = GdnAttrs.from_onnx({k: node.attr(k) for k in node.attrs}).scale
-        if scale is None:
-            return False
-        scale = scale * factor if src.op_type == "Mul" else scale / factor
-        node.attrs.update(make_attrs(scale=scale))
+        node.attrs.update(make_attrs(scale=scale * factor if src.op_type == "Mul" else scale / factor))
         g.set_input(reader, index, x)
+        return True
+
+
+def _l2norm_source(g: Graph, node: Node) -> str | None:
+    """x when ``node`` computes x / sqrt(sum(x*x, -1) + 1e-6) (Mul by Reciprocal, Div by Sqrt)."""
+    if node.op_type == "Div":
+        x, sqrt = node.inputs[0], producer(g, node.inputs[1], "Sqrt")
+    elif node.op_type == "Mul":
+        for x, inv in (node.inputs, node.inputs[::-1]):
+            recip = producer(g, inv, "Reciprocal")
+            div = producer(g, inv, "Div")
+            if recip is not None:
+                sqrt = producer(g, recip.inputs[0], "Sqrt")
+            elif div is not None and scalar_const(g, div.inputs[0]) == 1.0:
+                sqrt = producer(g, div.inputs[1], "Sqrt")
+            else:
+                continue
+            if sqrt is not None:
+                break
+        else:
+            return None
+    else:
+        return None
+    add = None if sqrt is None else producer(g, sqrt.inputs[0], "Add")
+    if add is None:
+        return None
+    for s, eps in (add.inputs, add.inputs[::-1]):
+        red = producer(g, s, "ReduceSum")
+        value = scalar_const(g, eps)
+        if red is None or value is None or not np.isclose(value, _L2_EPS, rtol=1e-3, atol=0):
+            continue
+        r = rank(g, red.inputs[0])
+        sq = producer(g, red.inputs[0], "Mul", "Pow")
+        if r is None or sq is None or red.attr("keepdims", 1) != 1:
+            continue
+        if norm_axes(axes_of(g, red) or [], r) != [r - 1]:
+            continue
+        squares_x = sq.inputs == [x, x] if sq.op_type == "Mul" else (
+            sq.inputs[0] == x and scalar_const(g, sq.inputs[1]) == 2.0)
+        if squares_x:
+            return x
+    return None
+
+
+@dataclass(frozen=True)
+class AbsorbL2Norm:
+    """``q = layout(l2norm(x))`` and ``k = layout(l2norm(y))`` -> ``qk_l2norm = 1``."""
+
+    name: str = "absorb-qk-l2norm"
+    ops: tuple[str, ...] = (fused_op.OP_TYPE,)
+
+    def apply(self, g: Graph, nid: int) -> bool:
+        node = _fused(g, nid)
+        if node is None or _attrs(node).qk_l2norm:
+            return False
+        found = []
+        for index in (0, 1):
+            up = _upstream(g, nid, index, last_axis=True)
+            source = None if up is None else _l2norm_source(g, up[2])
+            if source is None:
+                return False
+            found.append((up[0], up[1], source))  # type: ignore[index]
+        for reader, index, source in found:
+            g.set_input(reader, index, source)
+        node.attrs.update(make_attrs(qk_l2norm=1))
+        return True
+
+
+def _head_repeat(g: Graph, value: str, opset: int) -> tuple[str, str] | None:
+    """(x, "interleave"|"tile") when ``value`` [.., HV, K] repeats the heads of x [.., H, K]."""
+    region = movement_region(g, value)
+    if region is None:
+        return None
+    src, out = static_shape(g, region.source), static_shape(g, value)
+    if src is None or out is None or len(src) != len(out) or src[:-2] != out[:-2] or src[-1] != out[-1]:
+        return None
+    if src[-2] >= out[-2] or out[-2] % src[-2]:
+        return None
+    marker = movement_marker(g, region, value, opset)
+    if marker is None:
+        return None
+    index = np.arange(int(np.prod(src))).reshape(src)
+    reps = out[-2] // src[-2]
+    if np.array_equal(marker, np.repeat(index, reps, axis=-2)):
+        return region.source, "interleave"
+    if np.array_equal(marker, np.concatenate([index] * reps, axis=-2)):
+        return region.source, "tile"
+    return None
+
+
+@dataclass(frozen=True)
+class AbsorbHeadRepeat:
+    """``q, k = repeat_heads(x), repeat_heads(y)`` -> ``q, k = x, y`` with ``head_map`` set."""
+
+    name: str = "absorb-head-repeat"
+    ops: tuple[str, ...] = (fused_op.OP_TYPE,)
+    opset: int = 18
+
+    def apply(self, g: Graph, nid: int) -> bool:
+        node = _fused(g, nid)
+        if node is None:
+            return False
+        shapes = [static_shape(g, node.inputs[i]) for i in (0, 2)]
+        if None in shapes or shapes[0][-2] != shapes[1][-2]:  # type: ignore[index]
+            return False  # already grouped, or shapes unknown
+        q, k = (_head_repeat(g, node.inputs[i], self.opset) for i in (0, 1))
+        if q is None or k is None or q[1] != k[1] or static_shape(g, q[0]) != static_shape(g, k[0]):
+            return False
+        g.set_input(nid, 0, q[0])
+        g.set_input(nid, 1, k[0])
+        node.attrs.update(make_attrs(head_map=q[1]))
         return True
