@@ -19,12 +19,20 @@ def load_onnx(path: str | Path) -> Model:
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:
-        proto = onnx.load(str(path), load_external_data=True)
+        proto = onnx.load(str(path), load_external_data=False)
+        external = any(
+            t.data_location == onnx.TensorProto.EXTERNAL
+            for t in onnx.external_data_helper._get_all_tensors(proto)
+        )
+        if external:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not proto.HasField("graph"):
         raise ModelLoadError(f"{path}: ONNX file has no graph")
-    return model_from_proto(proto)
+    model = model_from_proto(proto)
+    model.external_data = external
+    return model
 
 
 def _first_line(exc: BaseException) -> str:

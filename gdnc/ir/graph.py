@@ -419,6 +419,7 @@ class Model:
     functions: list[onnx.FunctionProto] = field(default_factory=list)
     training_info: list[onnx.TrainingInfoProto] = field(default_factory=list)
     configuration: list[onnx.DeviceConfigurationProto] = field(default_factory=list)
+    external_data: bool = False  # the source file kept tensors in external data files
 
     def opset(self, domain: str) -> int:
         key = "" if domain == "ai.onnx" else domain

@@ -146,10 +146,15 @@ def _cast_like(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 
 @register("Dropout", since=7)
 def _dropout(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
-    """Inference only: identity, mask all true (bool from opset 10, input type before)."""
+    """Inference only: identity and a mask of kept elements (bool from opset 10).
+
+    Before opset 12 the mask is all zeros, as onnxruntime writes it; from 12 all true,
+    as the spec's reference says.
+    """
     x = inputs[0]
     training = optional_input(inputs, 2) if ctx.opset >= 12 else None
     if training is not None and as_ints(training)[0]:
         raise UnsupportedOpError("Dropout with training_mode=1 is not supported (inference only)")
     mask_dtype = torch.bool if ctx.opset >= 10 else x.dtype
-    return [x, torch.ones_like(x, dtype=mask_dtype)][: max(ctx.num_outputs, 1)]
+    mask = (torch.ones_like if ctx.opset >= 12 else torch.zeros_like)(x, dtype=mask_dtype)
+    return [x, mask][: max(ctx.num_outputs, 1)]

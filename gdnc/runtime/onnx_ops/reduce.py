@@ -40,7 +40,8 @@ def _reduce_impl(fn: Reducer, input_since: int) -> OpImpl:
         x = inputs[0]
         axes = axes_arg(ctx, inputs, 1, input_since)
         if not axes and ctx.attr("noop_with_empty_axes", 0):
-            return [x]
+            # reduce over no axis: what is left is the elementwise part (|x| for ReduceL2)
+            return [fn(x.unsqueeze(0), (0,), False).to(x.dtype)]
         dims = tuple(range(x.dim())) if not axes else tuple(norm_axis(a, x.dim()) for a in axes)
         return [fn(x, dims, bool(ctx.attr("keepdims", 1))).to(x.dtype)]
 

@@ -187,6 +187,12 @@ def _constant(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 
 @register("Range", since=11)
 def _range(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
-    start, limit, delta = inputs
-    values = (start.item(), limit.item(), delta.item())
-    return [torch.arange(*values, dtype=start.dtype, device=start.device)]
+    """``start + i * delta`` for i < max(ceil((limit - start) / delta), 0)."""
+    start, limit, delta = (t.item() for t in inputs)
+    dtype, device = inputs[0].dtype, inputs[0].device
+    if dtype.is_floating_point:
+        n = math.ceil((limit - start) / delta)
+    else:
+        n = -((start - limit) // delta)
+    steps = torch.arange(max(n, 0), device=device).to(dtype)
+    return [steps * delta + start]

@@ -1,0 +1,187 @@
+"""``gdnc`` command line: a thin typer layer over the library; errors caught here, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from gdnc.errors import GdncError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fuse per-token Gated DeltaNet subgraphs into one op, and run them.")
+out = Console()
+err = Console(stderr=True)
+
+
+def _dump_after(stage: str, directory: Path | None):
+    if stage is None:
+        return None
+    from gdnc.ir.to_onnx import save_onnx
+
+    def dump(name: str, model) -> None:
+        if name == stage:
+            save_onnx(model, (directory or Path(".")) / f"after-{name}.onnx")
+    return dump
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="input ONNX model"),
+    output: Path = typer.Option(..., "-o", "--output", help="converted ONNX model to write"),
+    target: str = typer.Option("native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
+    report: Optional[Path] = typer.Option(None, help="also write the report as JSON here"),
+    dump_after: Optional[str] = typer.Option(None, help="write the graph after this stage (shapes, fold-constants, fuse, simplify)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fuse every delta-net chain of MODEL and write the result."""
+    from gdnc.convert import convert_file
+    from gdnc.reporting import print_report
+
+    with err.status("converting", spinner="dots") if not quiet and not as_json else _null():
+        rep = convert_file(model, output, target=target, report_path=report,
+                           dump_after=_dump_after(dump_after, output.parent))
+    if as_json:
+        out.print_json(json.dumps(rep.to_json()))
+    elif not quiet:
+        print_report(out, rep)
+        out.print(f"wrote {output}")
+
+
+@app.command()
+def inspect(
+    model: Path = typer.Argument(..., help="ONNX model"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Op histogram, chains found, what would fuse and why not."""
+    from gdnc.convert import inspect_model
+    from gdnc.frontends.onnx_model import load_onnx
+    from gdnc.reporting import print_histogram, print_report
+
+    rep = inspect_model(load_onnx(model))
+    if as_json:
+        out.print_json(json.dumps(rep.to_json()))
+        return
+    print_histogram(out, rep.ops_before, rep.ops_after)
+    print_report(out, rep, title="would fuse")
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="ONNX model (fused or not)"),
+    inputs: Path = typer.Option(..., "--inputs", help=".npz file with one array per graph input"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help=".npz file for the outputs"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run MODEL in the gdnc runtime."""
+    import numpy as np
+
+    from gdnc.frontends.onnx_model import load_onnx
+    from gdnc.runtime.executor import Executor
+
+    feeds = _load_npz(inputs)
+    results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
+    if output is not None:
+        _save_npz(output, results)
+    summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
+                   "mean": float(np.mean(v)) if v.size else 0.0} for k, v in results.items()}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        for name, info in summary.items():
+            out.print(f"{name}: shape {info['shape']} {info['dtype']} mean {info['mean']:.6g}")
+
+
+@app.command()
+def compare(
+    model: Path = typer.Argument(..., help="unfused ONNX model"),
+    inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz inputs (default: random)"),
+    target: str = typer.Option("native"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Original in onnxruntime vs converted in gdnc and in onnxruntime; exit 1 on a mismatch."""
+    from gdnc.compare import compare_file
+    from gdnc.reporting import print_compare
+
+    result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
+                          target=target, seed=seed)
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+    else:
+        out.print(f"{result.chains} chain(s) fused")
+        print_compare(out, result)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def _load_npz(path: Path) -> dict:
+    import zipfile
+
+    import numpy as np
+
+    from gdnc.errors import InputError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    import tempfile
+
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def main() -> None:
+    """Console entry point: one red line and exit code 1 for any gdnc error."""
+    try:
+        app(standalone_mode=False)
+    except GdncError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("[red]aborted[/]")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the boundary: never a traceback for users
+        if os.environ.get("GDNC_DEBUG"):
+            raise
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (GDNC_DEBUG=1 shows the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
