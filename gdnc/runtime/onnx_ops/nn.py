@@ -14,9 +14,21 @@ from gdnc.runtime.onnx_ops.shape_ops import norm_axis, optional_input
 from gdnc.runtime.registry import OpContext, OpImpl, register
 
 
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """numpy matmul; integers exactly by broadcast multiply-sum (CUDA has no integer GEMM)."""
+    if a.is_floating_point() or a.is_complex():
+        return torch.matmul(a, b)
+    rows = a.unsqueeze(0) if a.dim() == 1 else a
+    cols = b.unsqueeze(-1) if b.dim() == 1 else b
+    out = (rows.unsqueeze(-1) * cols.unsqueeze(-3)).sum(-2, dtype=a.dtype)
+    if a.dim() == 1:
+        out = out.squeeze(-2)
+    return out.squeeze(-1) if b.dim() == 1 else out
+
+
 @register("MatMul", since=1)
-def _matmul(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
-    return [torch.matmul(inputs[0], inputs[1])]
+def _matmul_op(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    return [_matmul(inputs[0], inputs[1])]
 
 
 @register("Gemm", since=7)
@@ -26,7 +38,7 @@ def _gemm(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     a = a.T if ctx.attr("transA", 0) else a
     b = b.T if ctx.attr("transB", 0) else b
     alpha, beta = ctx.attr("alpha", 1.0), ctx.attr("beta", 1.0)
-    y = a @ b
+    y = _matmul(a, b)
     if alpha != 1.0:
         y = alpha * y
     if c is not None and beta != 0.0:

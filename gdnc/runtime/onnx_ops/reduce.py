@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,14 @@ def _prod(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
     return x
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
+    """Integer means truncate toward zero, as onnxruntime computes them."""
+    if x.dtype.is_floating_point:
+        return torch.mean(x, dims, keepdim=keep)
+    count = math.prod(x.shape[d] for d in dims)
+    return torch.div(torch.sum(x, dims, keepdim=keep), count, rounding_mode="trunc")
+
+
 def _l2(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
     return torch.sum(x * x, dims, keepdim=keep).sqrt()
 
@@ -26,7 +35,7 @@ def _l2(x: torch.Tensor, dims: tuple[int, ...], keep: bool) -> torch.Tensor:
 # name -> (reducer, first opset where axes is an input rather than an attribute)
 _REDUCERS: dict[str, tuple[Reducer, int]] = {
     "ReduceSum": (lambda x, d, k: torch.sum(x, d, keepdim=k), 13),
-    "ReduceMean": (lambda x, d, k: torch.mean(x, d, keepdim=k), 18),
+    "ReduceMean": (_mean, 18),
     "ReduceMax": (lambda x, d, k: torch.amax(x, d, keepdim=k), 18),
     "ReduceMin": (lambda x, d, k: torch.amin(x, d, keepdim=k), 18),
     "ReduceProd": (_prod, 18),

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from gdnc.errors import ShapeError
+from gdnc.errors import ShapeError, UnsupportedOpError
 from gdnc.runtime.onnx_ops.dtypes import attr_tensor
 from gdnc.runtime.registry import OpContext, register
 
@@ -182,7 +182,7 @@ def _constant(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     for name, dtype in _CONSTANT_ATTRS.items():
         if ctx.attr(name) is not None:
             return [torch.tensor(ctx.attr(name), dtype=dtype)]
-    raise ShapeError(f"Constant {ctx.node_name!r} has no supported value attribute")
+    raise UnsupportedOpError(f"Constant {ctx.node_name!r}: only numeric dense values are supported")
 
 
 @register("Range", since=11)
