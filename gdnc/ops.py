@@ -8,6 +8,7 @@ today always "reference". "cpu" and "triton" are reserved for the kernels to com
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 
@@ -65,7 +66,9 @@ def gated_delta_net(
     )
 
 
-def _flatten_batch(name: str, x: torch.Tensor, ranks: tuple[int, ...], B: int, T: int):
+def _flatten_batch(
+    name: str, x: torch.Tensor, ranks: tuple[int, ...], B: int, T: int
+) -> torch.Tensor:
     if x.dim() not in ranks or list(x.shape[:2]) != [B, T]:
         raise OpArgumentError(
             f"gated_delta_net: {name}: shape {list(x.shape)} does not fit the batch layout "
@@ -95,12 +98,12 @@ def run_fused_node(
         raise OpArgumentError(f"GatedDeltaNet: {num_outputs} outputs requested, 1..3 exist")
     if len(inputs) > len(INPUTS):
         raise OpArgumentError(f"GatedDeltaNet: {len(inputs)} inputs given, at most 9 exist")
-    q, k, v, g, beta, state, cu_seqlens, state_in_index, state_out_index = (
-        *inputs, *[None] * (len(INPUTS) - len(inputs))
-    )
-    for name, x in zip(INPUTS[:5], (q, k, v, g, beta), strict=True):
+    padded = [*inputs, *[None] * (len(INPUTS) - len(inputs))]
+    for name, x in zip(INPUTS[:5], padded[:5], strict=True):
         if x is None:
             raise OpArgumentError(f"GatedDeltaNet: required input {name!r} is missing")
+    q, k, v, g, beta = cast("list[torch.Tensor]", padded[:5])
+    state, cu_seqlens, state_in_index, state_out_index = padded[5:]
 
     if q.dim() not in (3, 4) or v.dim() != q.dim():
         raise OpArgumentError(
@@ -149,7 +152,8 @@ def run_fused_node(
     )
     if batch_shape is not None:
         o = o.reshape(*batch_shape, *o.shape[1:])
-    return [o, pool, token_states][:num_outputs]
+    outputs = [o, pool] if token_states is None else [o, pool, token_states]
+    return outputs[:num_outputs]
 
 
 def gated_delta_net_functional(

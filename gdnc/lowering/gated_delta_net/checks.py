@@ -111,8 +111,10 @@ def validate(
         raise _fail("v", f"shape {_shape(v)} must have rank 3 [T_total, HV, V]")
     _, HV, V = _shape(v)
     _check_shape("v", v, [T, HV, V], "[T_total, HV, V] with T_total from q")
-    if HV == 0 or V == 0 or HV % H:
-        raise _fail("v", f"HV = {HV} value heads is not a positive multiple of H = {H}")
+    if HV == 0 or V == 0:
+        raise _fail("v", f"shape {_shape(v)} has an empty head or value dimension")
+    if HV % H:
+        raise _fail("v", f"HV = {HV} value heads is not a multiple of H = {H}")
     if _shape(g) not in ([T, HV], [T, HV, K]):
         raise _fail("g", f"shape {_shape(g)} is neither [T_total, HV] = {[T, HV]} "
                          f"nor [T_total, HV, K] = {[T, HV, K]}")
@@ -134,8 +136,10 @@ def validate(
     cu = cu_seqlens.tolist()
     if cu[0] != 0:
         raise _fail("cu_seqlens", f"must start at 0, starts at {cu[0]}")
-    if any(b < a for a, b in zip(cu, cu[1:], strict=False)):
-        raise _fail("cu_seqlens", f"must be non-decreasing, got {cu}")
+    for n in range(len(cu) - 1):
+        if cu[n + 1] < cu[n]:
+            raise _fail("cu_seqlens", f"must be non-decreasing, decreases at {n}: "
+                                      f"{cu[n]} -> {cu[n + 1]}")
     if cu[-1] != T:
         raise _fail("cu_seqlens", f"ends at {cu[-1]} but T_total = {T}")
     N = len(cu) - 1
