@@ -103,10 +103,14 @@ def _as_layout_ops(marker: np.ndarray, src_shape: tuple[int, ...]) -> tuple[list
     if marker.size != int(np.prod(src_shape)):
         return None
     index = np.arange(marker.size).reshape(src_shape)
-    for perm in itertools.permutations(range(len(src_shape))):
-        moved = index.transpose(perm)
-        if np.array_equal(moved.reshape(marker.shape), marker):
-            return list(perm), moved.shape != marker.shape
+    perms = list(itertools.permutations(range(len(src_shape))))
+    for reshape in (False, True):  # a plain transpose when one fits
+        for perm in perms:
+            moved = index.transpose(perm)
+            if (moved.shape != marker.shape) == reshape and np.array_equal(
+                moved.reshape(marker.shape), marker
+            ):
+                return list(perm), reshape
     return None
 
 

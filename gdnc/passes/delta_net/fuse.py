@@ -55,8 +55,6 @@ def _unsqueeze(g: Graph, value: str, axis: int, opset: int, position: float) -> 
 
 def _stack(g: Graph, values: list[str], axis: int, opset: int, position: float, hint: str) -> str:
     parts = [_unsqueeze(g, v, axis, opset, position) for v in values]
-    if len(parts) == 1:
-        return parts[0]
     out = g.fresh_name(hint)
     g.add_node(Node("Concat", parts, [out], attrs=make_attrs(axis=axis)), position)
     g.value(out).dtype = g.value(values[0]).dtype
