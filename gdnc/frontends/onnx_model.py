@@ -20,12 +20,13 @@ def load_onnx(path: str | Path) -> Model:
         raise ModelLoadError(f"{path}: no such file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        external = any(
-            t.data_location == onnx.TensorProto.EXTERNAL
-            for t in onnx.external_data_helper._get_all_tensors(proto)
-        )
+        tensors = [t for t in onnx.external_data_helper._get_all_tensors(proto)
+                   if t.data_location == onnx.TensorProto.EXTERNAL]
+        external = bool(tensors)
         if external:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+            for t in tensors:  # loaded tensors are plain inline tensors again
+                t.ClearField("data_location")
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from exc
     if not proto.HasField("graph"):

@@ -213,12 +213,14 @@ class _Scope:
                 for x, t in zip(outputs, output_types, strict=True)]
         return helper.make_graph(self.nodes, name, inputs, outs)
 
-    def tensor(self, name: str, elem: int | None = None, shape: list[int] | None = None):
+    def tensor(self, name: str, elem: int | None = None,
+               shape: list[int] | None = None) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, elem or self.ct, shape)
 
 
 def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
-    """The body of one configuration: inputs INPUTS (unused ones unread), outputs o[, ...]."""
+    """The body of one configuration (shapes: ``gdnc.fused_op``); declares all of INPUTS
+    (absent ones are never read) and OUTPUTS[:num_outputs]."""
     f = _Scope(itertools.count(), TensorProto.DOUBLE if cfg.f64 else TensorProto.FLOAT)
     q, k, v, g, beta = (f.op("Cast", x, to=f.ct) for x in INPUTS[:5])
     if cfg.qk_l2norm:
