@@ -1,0 +1,5 @@
+"""``python -m gdnc`` is the ``gdnc`` command."""
+
+from gdnc.cli import main
+
+main()

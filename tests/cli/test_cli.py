@@ -1,0 +1,77 @@
+"""The command line as a user meets it: exit codes, one-line errors, JSON, files written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.models.zoo import export_hf
+
+
+def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def unfused(tmp_path_factory) -> tuple[Path, dict]:
+    zoo = export_hf(tmp_path_factory.mktemp("m"), T=4, exporter="dynamo", gva=True)
+    return Path(zoo.path), zoo.inputs
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_convert_writes_model_and_report(unfused, tmp_path) -> None:
+    path, _ = unfused
+    out, report = tmp_path / "fused.onnx", tmp_path / "r.json"
+    proc = gdnc("convert", path, "-o", out, "--report", report, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data == json.loads(report.read_text())
+    assert [c["steps"] for c in data["chains"]] == [4] and data["nodes_after"] == 1
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_run_and_compare(unfused, tmp_path) -> None:
+    path, inputs = unfused
+    feeds, results = tmp_path / "x.npz", tmp_path / "y.npz"
+    np.savez(feeds, **inputs)
+    proc = gdnc("run", path, "--inputs", feeds, "-o", results, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert set(np.load(results).files) == {"o", "final_state"}
+    proc = gdnc("compare", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["passed"] and data["chains"] == 1
+    assert all(o["rel_l2"] <= 1e-5 for o in data["outputs"])
+
+
+def test_inspect_shows_what_would_fuse(unfused) -> None:
+    path, _ = unfused
+    proc = gdnc("inspect", path)
+    assert proc.returncode == 0 and "ai.gdnc::GatedDeltaNet" in proc.stdout
+
+
+def test_errors_are_one_line(unfused, tmp_path) -> None:
+    path, inputs = unfused
+    _one_line_error(gdnc("convert", tmp_path / "missing.onnx", "-o", tmp_path / "o.onnx"), "no such file")
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(path.read_bytes()[:300])
+    out = tmp_path / "never.onnx"
+    _one_line_error(gdnc("convert", truncated, "-o", out), "not a readable ONNX model")
+    assert not out.exists()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**inputs, "q": inputs["q"][:, :2]})
+    _one_line_error(gdnc("run", path, "--inputs", bad), "input 'q'")
+    _one_line_error(gdnc("convert", path, "-o", tmp_path / "x.onnx", "--target", "tpu"), "unknown target")
