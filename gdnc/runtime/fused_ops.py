@@ -1,8 +1,9 @@
-"""Registers the fused ``ai.gdnc::GatedDeltaNet`` op with the runtime."""
+"""Registers the fused ``ai.gdnc::GatedDeltaNet`` op (and ORT's LinearAttention) with the runtime."""
 
 from __future__ import annotations
 
 from gdnc import fused_op
+from gdnc.errors import UnsupportedOpError
 from gdnc.fused_op import GdnAttrs
 from gdnc.ops import run_fused_node
 from gdnc.runtime.registry import OpContext, register
@@ -12,3 +13,27 @@ from gdnc.runtime.registry import OpContext, register
 def gated_delta_net(ctx: OpContext, inputs: list) -> list:
     """The fused node, through the best available kernel (see ``gdnc.ops``)."""
     return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs)
+
+
+@register("LinearAttention", domain="com.microsoft")
+def linear_attention(ctx: OpContext, inputs: list) -> list:
+    """onnxruntime's LinearAttention (update_rule "gated_delta", q heads == kv heads) through
+    the fused kernel: [B, T, H*D] packing, state [B, H, d_k, d_v], decay in log space."""
+    query, key, value, past_state, decay, beta = (inputs + [None] * 6)[:6]
+    rule = ctx.attr("update_rule", "gated_delta")
+    heads, kv_heads = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
+    if rule != "gated_delta" or heads != kv_heads or decay is None or beta is None:
+        raise UnsupportedOpError(
+            f"com.microsoft::LinearAttention with update_rule={rule!r}, q_num_heads={heads}, "
+            f"kv_num_heads={kv_heads} is not supported by the gdnc runtime (gated_delta with "
+            "equal head counts is)")
+    B, T, _ = query.shape
+    q = query.reshape(B, T, heads, -1)
+    k = key.reshape(B, T, heads, -1)
+    v = value.reshape(B, T, heads, -1)
+    g = decay if decay.shape[-1] == heads else decay.reshape(B, T, heads, -1)
+    if beta.shape[-1] == 1:
+        beta = beta.expand(B, T, heads)
+    scale = float(ctx.attr("scale", 0.0)) or None
+    o, state = run_fused_node([q, k, v, g, beta, past_state], GdnAttrs(scale=scale), 2)
+    return [o.reshape(B, T, -1), state]

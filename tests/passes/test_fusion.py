@@ -139,3 +139,30 @@ def test_traced_length_is_not_a_limit_of_the_fused_node() -> None:
     o6, s6 = run_fused_node([q, k, v, g, beta], attrs, 2)
     o4, _ = run_fused_node([q[:, :4], k[:, :4], v[:, :4], g[:, :4], beta[:, :4]], attrs, 2)
     assert torch.allclose(o6[:, :4], o4, rtol=1e-5, atol=1e-6) and o6.shape[1] == 6
+
+
+@pytest.mark.parametrize("variant", FUSABLE)
+def test_ort_target_runs_linear_attention(variant: str) -> None:
+    zoo = export_variant(name=variant, T=5, exporter="dynamo", gva=True, l2norm=True,
+                         with_initial_state=True)
+    model, report = _convert(zoo.path, target="ort")
+    hist = model.graph.op_histogram()
+    assert hist["com.microsoft::LinearAttention"] == 1 and FUSED not in hist
+    _check_numerics(zoo, model)
+
+
+def test_ort_target_refuses_what_linear_attention_cannot_express() -> None:
+    from gdnc.errors import EmitError
+    from gdnc.ir.graph import Graph, Model, Node, make_attrs
+    from gdnc.passes.targets.ort import lower_to_linear_attention
+
+    g = Graph()
+    for name, shape in [("q", (6, 2, 8)), ("k", (6, 2, 8)), ("v", (6, 2, 8)), ("g", (6, 2)),
+                        ("b", (6, 2)), ("cu", (3,))]:
+        g.inputs.append(name)
+        g.value(name).shape, g.value(name).dtype = shape, 7 if name == "cu" else 1
+    g.add_node(Node(fused_op.OP_TYPE, ["q", "k", "v", "g", "b", "", "cu"], ["o"], domain=fused_op.DOMAIN,
+                    attrs=make_attrs(scale=0.3), name="gdn"))
+    g.outputs = ["o"]
+    with pytest.raises(EmitError, match="node gdn: the ort target cannot express several packed sequences"):
+        lower_to_linear_attention(Model(g))

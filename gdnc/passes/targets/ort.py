@@ -1,0 +1,120 @@
+"""The "ort" target: each fused node becomes onnxruntime's ``com.microsoft::LinearAttention``.
+
+LinearAttention (update_rule "gated_delta") takes query/key/value packed as [B, T, heads*D]
+with ONE key/value head count, a per-head log-decay [B, T, H_kv] or per-key [B, T, H_kv*d_k],
+beta [B, T, H_kv] and a key-major state [B, H_kv, d_k, d_v]. So the lowering repeats q and k
+to the HV value heads (by the node's head map), l2-normalises them when ``qk_l2norm`` is set,
+transposes a value-major state in and out, and reshapes.
+
+What it cannot express (EmitError names the node): packed multi-sequence input
+(``cu_seqlens``), a state pool with slot indices, per-token states, and unknown static sizes.
+A packed single sequence is lowered as a batch of one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gdnc import fused_op
+from gdnc.errors import EmitError
+from gdnc.fused_op import GdnAttrs
+from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.passes.patterns import static_shape
+
+ORT_DOMAIN = "com.microsoft"
+L2NORM_EPS = 1e-6
+
+
+class _Emitter:
+    """Appends nodes next to one fused node."""
+
+    def __init__(self, g: Graph, position: float, name: str) -> None:
+        self.g, self.position, self.name = g, position, name
+
+    def op(self, op_type: str, inputs: list[str], domain: str = "", outputs: int = 1, **attrs) -> list[str]:
+        outs = [self.g.fresh_name(f"{self.name}_{op_type.lower()}") for _ in range(outputs)]
+        self.g.add_node(Node(op_type, inputs, outs, domain=domain, attrs=make_attrs(**attrs)),
+                        self.position)
+        return outs
+
+    def const(self, values: list[int] | float, dtype=np.int64) -> str:
+        return self.g.constant(np.array(values, dtype=dtype), f"{self.name}_c")
+
+
+def _refuse(node: Node, why: str) -> EmitError:
+    return EmitError(f"node {node.name or node.op_type}: the ort target cannot express {why}")
+
+
+def _lower(g: Graph, nid: int) -> None:
+    node = g.node(nid)
+    inputs = node.inputs + [""] * (len(fused_op.INPUTS) - len(node.inputs))
+    q, k, v, gate, beta, state, cu_seqlens, in_index, out_index = inputs[: len(fused_op.INPUTS)]
+    if cu_seqlens:
+        raise _refuse(node, "several packed sequences (cu_seqlens)")
+    if in_index or out_index:
+        raise _refuse(node, "a state pool with slot indices")
+    if len(node.outputs) > 2 and node.outputs[2]:
+        raise _refuse(node, "per-token states")
+    attrs = GdnAttrs.from_onnx({name: node.attr(name) for name in node.attrs})
+    q_shape, v_shape = static_shape(g, q), static_shape(g, v)
+    if q_shape is None or v_shape is None:
+        raise _refuse(node, "inputs of unknown static shape")
+    packed = len(q_shape) == 3
+    H, K = q_shape[-2:]
+    HV, V = v_shape[-2:]
+    scale = attrs.scale if attrs.scale is not None else K ** -0.5
+    if scale == 0.0:
+        raise _refuse(node, "scale 0 (LinearAttention reads 0 as 1/sqrt(d_k))")
+    e = _Emitter(g, g.position(nid), node.name or "gdn")
+    if packed:  # one sequence: a batch of one
+        q, k, v, gate, beta = (e.op("Unsqueeze", [x, e.const([0])])[0] for x in (q, k, v, gate, beta))
+    if attrs.qk_l2norm:
+        q, k = (_l2norm(e, x) for x in (q, k))
+    if H != HV:
+        heads = np.arange(HV) // (HV // H) if attrs.head_map == "interleave" else np.arange(HV) % H
+        q, k = (e.op("Gather", [x, e.const(heads.tolist())], axis=2)[0] for x in (q, k))
+    flat = e.const([0, 0, -1])
+    query, key, value = (e.op("Reshape", [x, flat])[0] for x in (q, k, v))
+    decay = e.op("Reshape", [gate, flat])[0]  # [B,T,HV] stays, [B,T,HV,K] -> [B,T,HV*K]
+    if state and attrs.state_layout == "vk":
+        state = e.op("Transpose", [state], perm=[0, 1, 3, 2])[0]
+    out, present = e.op(
+        "LinearAttention", [query, key, value, state, decay, beta], domain=ORT_DOMAIN, outputs=2,
+        q_num_heads=HV, kv_num_heads=HV, update_rule="gated_delta", scale=float(scale),
+    )
+    o_shape = [0, 0, HV, V] if not packed else [-1, HV, V]
+    if packed:
+        out = e.op("Squeeze", [out, e.const([0])])[0]
+    o_name = node.outputs[0]
+    final = node.outputs[1] if len(node.outputs) > 1 else ""
+    g.remove_node(nid)
+    g.add_node(Node("Reshape", [out, e.const(o_shape)], [o_name]), e.position)
+    if final:
+        if attrs.state_layout == "vk":
+            g.add_node(Node("Transpose", [present], [final], attrs=make_attrs(perm=[0, 1, 3, 2])),
+                       e.position)
+        else:
+            g.add_node(Node("Identity", [present], [final]), e.position)
+
+
+def _l2norm(e: _Emitter, x: str) -> str:
+    """x / sqrt(sum(x*x, -1) + 1e-6) over the key dim (SPEC §2.1)."""
+    sq = e.op("Mul", [x, x])[0]
+    total = e.op("ReduceSum", [sq, e.const([-1])], keepdims=1)[0]
+    eps = e.g.constant(np.array(L2NORM_EPS, dtype=np.float32), f"{e.name}_eps")
+    norm = e.op("Sqrt", [e.op("Add", [total, eps])[0]])[0]
+    return e.op("Div", [x, norm])[0]
+
+
+def lower_to_linear_attention(model: Model) -> int:
+    """Lower every fused node of the main graph; returns how many. EmitError if one cannot."""
+    g = model.graph
+    fused = [nid for nid in g.node_ids()
+             if g.node(nid).domain == fused_op.DOMAIN and g.node(nid).op_type == fused_op.OP_TYPE]
+    for nid in fused:
+        _lower(g, nid)
+    if fused:
+        model.opset_imports.setdefault(ORT_DOMAIN, 1)
+        if not any(n.domain == fused_op.DOMAIN for _, n in g.nodes()):
+            model.opset_imports.pop(fused_op.DOMAIN, None)
+    return len(fused)
