@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -19,7 +18,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _dump_after(stage: str, directory: Path | None):
+def _dump_after(stage: str | None, directory: Path | None):
     if stage is None:
         return None
     from gdnc.ir.to_onnx import save_onnx
@@ -34,9 +33,11 @@ def _dump_after(stage: str, directory: Path | None):
 def convert(
     model: Path = typer.Argument(..., help="input ONNX model"),
     output: Path = typer.Option(..., "-o", "--output", help="converted ONNX model to write"),
-    target: str = typer.Option("native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
-    report: Optional[Path] = typer.Option(None, help="also write the report as JSON here"),
-    dump_after: Optional[str] = typer.Option(None, help="write the graph after this stage (shapes, fold-constants, fuse, simplify)"),
+    target: str = typer.Option(
+        "native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
+    report: Path | None = typer.Option(None, help="also write the report as JSON here"),
+    dump_after: str | None = typer.Option(
+        None, help="write the graph after this stage (shapes, fold-constants, fuse, simplify)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -76,7 +77,7 @@ def inspect(
 def run(
     model: Path = typer.Argument(..., help="ONNX model (fused or not)"),
     inputs: Path = typer.Option(..., "--inputs", help=".npz file with one array per graph input"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help=".npz file for the outputs"),
+    output: Path | None = typer.Option(None, "-o", "--output", help=".npz file for the outputs"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -102,7 +103,7 @@ def run(
 @app.command()
 def compare(
     model: Path = typer.Argument(..., help="unfused ONNX model"),
-    inputs: Optional[Path] = typer.Option(None, "--inputs", help=".npz inputs (default: random)"),
+    inputs: Path | None = typer.Option(None, "--inputs", help=".npz inputs (default: random)"),
     target: str = typer.Option("native"),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),

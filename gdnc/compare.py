@@ -11,11 +11,11 @@ import onnx
 
 from gdnc import fused_op
 from gdnc.convert import emit_target
-from gdnc.passes.pipeline import fuse_model
 from gdnc.errors import GdncError, InputError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
+from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
 

@@ -112,7 +112,7 @@ def make_attrs(**kwargs: Any) -> dict[str, Attr]:
             out[key] = Attr(onnx.AttributeProto.TENSOR, numpy_helper.from_array(val))
         elif isinstance(val, (list, tuple)):
             kind = _ATTR_KINDS[type(val[0])] if val else onnx.AttributeProto.INTS
-            plural = {onnx.AttributeProto.FLOAT: onnx.AttributeProto.FLOATS,
+            plural: dict[int, int] = {onnx.AttributeProto.FLOAT: onnx.AttributeProto.FLOATS,
                       onnx.AttributeProto.INT: onnx.AttributeProto.INTS,
                       onnx.AttributeProto.STRING: onnx.AttributeProto.STRINGS}
             out[key] = Attr(plural.get(kind, kind), list(val))

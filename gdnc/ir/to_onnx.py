@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -15,7 +16,7 @@ _A = onnx.AttributeProto
 EXTERNAL_DATA_THRESHOLD = 1024  # bytes; smaller tensors stay inside the .onnx file
 
 
-def _set_fields(**fields: object) -> dict[str, object]:
+def _set_fields(**fields: Any) -> dict[str, Any]:
     """Only the non-default fields: proto2 records presence, so "" must stay unset."""
     return {k: v for k, v in fields.items() if v}
 
@@ -86,7 +87,7 @@ def graph_to_proto(g: Graph) -> onnx.GraphProto:
 
 def attr_to_proto(name: str, attr: Attr) -> onnx.AttributeProto:
     ap = onnx.AttributeProto(**_set_fields(name=name, doc_string=attr.doc_string))
-    ap.type = attr.type
+    ap.type = attr.type  # type: ignore[assignment]
     if attr.ref_attr_name:
         ap.ref_attr_name = attr.ref_attr_name
         return ap

@@ -38,7 +38,7 @@ class Region:
     nodes: list[int]  # topological order
 
 
-def movement_region(g: Graph, value: str) -> Region | Miss | None:
+def movement_region(g: Graph, value: str) -> Region | None:
     """The data-movement nodes computing ``value`` and its one non-constant float source."""
     sources: set[str] = set()
     seen: set[int] = set()
@@ -52,6 +52,7 @@ def movement_region(g: Graph, value: str) -> Region | Miss | None:
         if node is None or node.domain not in ONNX_DOMAINS or node.op_type not in MOVEMENT_OPS:
             sources.add(current)
             continue
+        assert nid is not None
         if nid in seen:
             continue
         seen.add(nid)

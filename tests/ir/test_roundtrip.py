@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -118,6 +120,6 @@ def test_bad_files_are_one_line_load_errors(tmp_path) -> None:
         load_onnx(junk)
     zoo = export_hf(T=3, exporter="dynamo")
     truncated = tmp_path / "truncated.onnx"
-    truncated.write_bytes(open(zoo.path, "rb").read()[:500])
+    truncated.write_bytes(Path(zoo.path).read_bytes()[:500])
     with pytest.raises(ModelLoadError):
         load_onnx(truncated)

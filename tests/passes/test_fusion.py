@@ -123,9 +123,10 @@ def test_near_misses_do_not_fuse_and_say_why(variant: str, reason: str) -> None:
 
 def test_traced_length_is_not_a_limit_of_the_fused_node() -> None:
     """An export traced at T=4 is wrong at T=6; the fused node (shape-free) is not."""
-    from gdnc.ops import run_fused_node  # the node's contract, independent of T
-    from gdnc.fused_op import GdnAttrs
     import torch
+
+    from gdnc.fused_op import GdnAttrs
+    from gdnc.ops import run_fused_node  # the node's contract, independent of T
 
     zoo = export_hf(T=4, exporter="dynamo", gva=False, l2norm=False)
     model, _ = _convert(zoo.path)

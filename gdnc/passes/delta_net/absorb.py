@@ -73,7 +73,7 @@ class AbsorbQScale:
     def apply(self, g: Graph, nid: int) -> bool:
         node = _fused(g, nid)
         found = None if node is None else _upstream(g, nid, 0, last_axis=False)
-        if found is None or found[2].op_type not in ("Mul", "Div"):
+        if node is None or found is None or found[2].op_type not in ("Mul", "Div"):
             return False
         reader, index, src = found
         x, c = src.inputs

@@ -167,7 +167,9 @@ def delta(g: Graph, value: str) -> Delta | None:
     for a, b in (node.inputs, node.inputs[::-1]):
         sub = producer(g, a, "Sub")
         pb = placement(g, b, r)
-        if sub is not None and pb is not None and pb.positions == tuple(range(r - 1)):
-            if rank(g, sub.inputs[0]) == r and rank(g, sub.inputs[1]) == r:
-                return Delta(sub.inputs[0], sub.inputs[1], pb.base)
+        if (
+            sub is not None and pb is not None and pb.positions == tuple(range(r - 1))
+            and rank(g, sub.inputs[0]) == r and rank(g, sub.inputs[1]) == r
+        ):
+            return Delta(sub.inputs[0], sub.inputs[1], pb.base)
     return None

@@ -303,6 +303,7 @@ def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
             f.op("CastLike" if cfg.state else "Identity", final,
                  *["state"] * cfg.state, out="final_state")
     if want_ts:
+        assert ts is not None
         f.op("CastLike" if cfg.state else "Identity", to_kv(ts),
              *["state"] * cfg.state, out="token_states")
     return helper.make_function(
