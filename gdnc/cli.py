@@ -123,6 +123,26 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def ops(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The ops the gdnc runtime executes, with the opset versions of each implementation."""
+    from rich.table import Table
+
+    import gdnc.runtime.executor  # noqa: F401  (registers every op)
+    from gdnc.runtime.registry import supported_ops
+
+    table_data = supported_ops()
+    if as_json:
+        out.print_json(json.dumps(table_data))
+        return
+    table = Table(title=f"gdnc runtime: {len(table_data)} ops")
+    table.add_column("op")
+    table.add_column("implementations from opset")
+    for op, versions in table_data.items():
+        table.add_row(op, ", ".join(map(str, versions)))
+    out.print(table)
+
+
 def _load_npz(path: Path) -> dict:
     import zipfile
 

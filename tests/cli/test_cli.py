@@ -75,3 +75,18 @@ def test_errors_are_one_line(unfused, tmp_path) -> None:
     np.savez(bad, **{**inputs, "q": inputs["q"][:, :2]})
     _one_line_error(gdnc("run", path, "--inputs", bad), "input 'q'")
     _one_line_error(gdnc("convert", path, "-o", tmp_path / "x.onnx", "--target", "tpu"), "unknown target")
+
+
+def test_ops_lists_the_runtime_coverage() -> None:
+    proc = gdnc("ops", "--json")
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    assert {"ai.gdnc::GatedDeltaNet", "com.microsoft::LinearAttention", "ScatterND", "Einsum"} <= set(table)
+
+
+def test_dump_after_writes_the_stage_graph(unfused, tmp_path) -> None:
+    path, _ = unfused
+    proc = gdnc("convert", path, "-o", tmp_path / "f.onnx", "--dump-after", "fuse", "-q")
+    assert proc.returncode == 0, proc.stderr
+    dumped = onnx.load(str(tmp_path / "after-fuse.onnx"))
+    assert any(n.op_type == "GatedDeltaNet" for n in dumped.graph.node)
