@@ -1,0 +1,216 @@
+"""Torch modules that spell the per-token gated delta rule in different ways.
+
+Every module mirrors the loop of HF ``torch_recurrent_gated_delta_rule``
+(``transformers.models.qwen3_next.modeling_qwen3_next``): inputs in the batch layout
+``q, k [B, T, H, K]``, ``v [B, T, HV, V]``, ``g [B, T, HV]`` (log decay), ``beta [B, T, HV]``
+and an optional ``initial_state``; grouped value heads are expanded with
+``repeat_interleave`` (the HF "interleave" head map); heads are moved to dim 1, q is
+scaled by ``K**-0.5``, then the loop runs over tokens. Outputs: ``o [B, T, HV, V]`` and the
+final state.
+
+Only the spelling of the per-token step differs between the modules, which is the point:
+the fusion pass must recognise all fusable ones (``FUSABLE[name]``) and none of the
+near-misses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    # same spelling as transformers' l2norm
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+class _DeltaBase(nn.Module):
+    """Shared prelude/epilogue. Subclasses implement ``loop``."""
+
+    state_layout = "kv"  # "kv": [B, HV, K, V]; "vk": [B, HV, V, K]
+    kda = False  # per-key gate g [B, T, HV, K]
+    gate_is_decay = False  # the gate input is a = exp(g) (no Exp in the graph)
+    scale_by_mul = False  # q * K**-0.5 instead of q / K**0.5
+
+    def __init__(self, l2norm: bool = False) -> None:
+        super().__init__()
+        self.l2norm = l2norm
+
+    def forward(self, q, k, v, g, beta, initial_state=None):
+        B, T, H, K = k.shape
+        HV, V = v.shape[-2:]
+        if H != HV:
+            q = q.repeat_interleave(HV // H, dim=2)
+            k = k.repeat_interleave(HV // H, dim=2)
+        q, k, v, beta, g = [
+            x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+            for x in (q, k, v, beta, g)
+        ]
+        if self.l2norm:
+            q = _l2norm(q)
+            k = _l2norm(k)
+        if self.scale_by_mul:
+            q = q * (K**-0.5)
+        else:
+            q = q / (K**0.5)
+        shape = (B, HV, K, V) if self.state_layout == "kv" else (B, HV, V, K)
+        if initial_state is None:
+            S = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        else:
+            S = initial_state.to(v)
+        out = torch.zeros_like(v)
+        return self.loop(q, k, v, g, beta, S, out, T)
+
+    def decay(self, S, g, i):
+        if self.kda:  # g: [B, HV, T, K]
+            a = g[:, :, i].exp()
+            return S * (a.unsqueeze(-1) if self.state_layout == "kv" else a.unsqueeze(-2))
+        a = g[:, :, i] if self.gate_is_decay else g[:, :, i].exp()
+        return S * a[..., None, None]
+
+    def loop(self, q, k, v, g, beta, S, out, T):  # the HF spelling (Mul + ReduceSum, kv)
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
+            delta = (v_t - kv_mem) * beta_t
+            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+        return out.transpose(1, 2).contiguous(), S
+
+
+class HFLoop(_DeltaBase):
+    """The HF spelling itself (reference for the others)."""
+
+
+class MatMulLoop(_DeltaBase):
+    """(1) contractions spelled with ``torch.matmul``."""
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            u = torch.matmul(k_t.unsqueeze(-2), S).squeeze(-2)
+            delta = (v_t - u) * beta_t
+            S = S + torch.matmul(k_t.unsqueeze(-1), delta.unsqueeze(-2))
+            out[:, :, i] = torch.matmul(q_t.unsqueeze(-2), S).squeeze(-2)
+        return out.transpose(1, 2).contiguous(), S
+
+
+class EinsumLoop(_DeltaBase):
+    """(2) contractions spelled with ``torch.einsum``."""
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            u = torch.einsum("bhk,bhkv->bhv", k_t, S)
+            delta = (v_t - u) * beta_t
+            S = S + torch.einsum("bhk,bhv->bhkv", k_t, delta)
+            out[:, :, i] = torch.einsum("bhk,bhkv->bhv", q_t, S)
+        return out.transpose(1, 2).contiguous(), S
+
+
+class TransposedStateLoop(_DeltaBase):
+    """(3) state kept value-major ``[B, HV, V, K]``; initial and final state in that layout."""
+
+    state_layout = "vk"
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            u = (S * k_t.unsqueeze(-2)).sum(dim=-1)
+            delta = (v_t - u) * beta_t
+            S = S + delta.unsqueeze(-1) * k_t.unsqueeze(-2)
+            out[:, :, i] = (S * q_t.unsqueeze(-2)).sum(dim=-1)
+        return out.transpose(1, 2).contiguous(), S
+
+
+class DirectDecayLoop(_DeltaBase):
+    """(4) the gate input is the decay ``a = exp(g)`` itself: no Exp in the graph."""
+
+    gate_is_decay = True
+
+
+class KDALoop(_DeltaBase):
+    """(5) KDA: per-key gate ``g [B, T, HV, K]``, ``S * exp(g_t).unsqueeze(-1)``."""
+
+    kda = True
+
+
+class MulScaleLoop(_DeltaBase):
+    """(6) q scale applied as ``Mul`` by the constant ``K**-0.5`` instead of ``Div``."""
+
+    scale_by_mul = True
+
+
+class NearMissStateSum(_DeltaBase):
+    """(7a) NOT fusable: every step's output also reads ``S.sum()`` (state consumed twice)."""
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
+            delta = (v_t - kv_mem) * beta_t
+            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+            o_t = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+            out[:, :, i] = o_t + 0.01 * S.sum(dim=(-2, -1)).unsqueeze(-1)
+        return out.transpose(1, 2).contiguous(), S
+
+
+class NearMissStateOutput(_DeltaBase):
+    """(7b) NOT fusable as a plain chain: the state after step 1 is also a graph output."""
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        S1 = None
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
+            delta = (v_t - kv_mem) * beta_t
+            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+            if i == 0:
+                S1 = S * 1.0  # a distinct tensor (an identity alias would be folded)
+        return out.transpose(1, 2).contiguous(), S, S1
+
+
+class NearMissWrongAxis(_DeltaBase):
+    """(8) NOT fusable: ``u`` contracts the state over the value axis (sum(-1) in kv layout).
+
+    Needs K == V to run.
+    """
+
+    def loop(self, q, k, v, g, beta, S, out, T):
+        for i in range(T):
+            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+            S = self.decay(S, g, i)
+            beta_t = beta[:, :, i].unsqueeze(-1)
+            kv_mem = (S * k_t.unsqueeze(-2)).sum(dim=-1)  # wrong: contracts V, not K
+            delta = (v_t - kv_mem) * beta_t
+            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+        return out.transpose(1, 2).contiguous(), S
+
+
+# name -> (module class, fusable)
+VARIANTS: dict[str, tuple[type[_DeltaBase], bool]] = {
+    "hf_spelling": (HFLoop, True),
+    "matmul": (MatMulLoop, True),
+    "einsum": (EinsumLoop, True),
+    "state_vk": (TransposedStateLoop, True),
+    "direct_decay": (DirectDecayLoop, True),
+    "kda": (KDALoop, True),
+    "mul_scale": (MulScaleLoop, True),
+    "nearmiss_state_sum": (NearMissStateSum, False),
+    "nearmiss_state_output": (NearMissStateOutput, False),
+    "nearmiss_wrong_axis": (NearMissWrongAxis, False),
+}
