@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 import torch
 
@@ -69,7 +70,7 @@ def movement_region(g: Graph, value: str) -> Region | None:
     (source,) = sources
     if g.value(source).dtype not in _FLOAT_TYPES:
         return None
-    order = [nid for nid in g.topological_order() if nid in seen]
+    order = list(nx.topological_sort(g.nx.subgraph(seen)))
     return Region(source, order)
 
 

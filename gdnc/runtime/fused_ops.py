@@ -17,23 +17,26 @@ def gated_delta_net(ctx: OpContext, inputs: list) -> list:
 
 @register("LinearAttention", domain="com.microsoft")
 def linear_attention(ctx: OpContext, inputs: list) -> list:
-    """onnxruntime's LinearAttention (update_rule "gated_delta", q heads == kv heads) through
-    the fused kernel: [B, T, H*D] packing, state [B, H, d_k, d_v], decay in log space."""
+    """onnxruntime's LinearAttention (update_rule "gated_delta"; query heads == kv heads, or
+    fewer query heads each serving kv_heads/q_heads consecutive kv heads) through the fused
+    kernel: [B, T, H*D] packing, state [B, H_kv, d_k, d_v], decay in log space."""
     query, key, value, past_state, decay, beta = (inputs + [None] * 6)[:6]
     rule = ctx.attr("update_rule", "gated_delta")
     heads, kv_heads = int(ctx.attr("q_num_heads")), int(ctx.attr("kv_num_heads"))
-    if rule != "gated_delta" or heads != kv_heads or decay is None or beta is None:
+    if rule != "gated_delta" or kv_heads % heads or decay is None or beta is None:
         raise UnsupportedOpError(
             f"com.microsoft::LinearAttention with update_rule={rule!r}, q_num_heads={heads}, "
             f"kv_num_heads={kv_heads} is not supported by the gdnc runtime (gated_delta with "
-            "equal head counts is)")
+            "kv_num_heads a multiple of q_num_heads is)")
     B, T, _ = query.shape
     q = query.reshape(B, T, heads, -1)
-    k = key.reshape(B, T, heads, -1)
-    v = value.reshape(B, T, heads, -1)
-    g = decay if decay.shape[-1] == heads else decay.reshape(B, T, heads, -1)
+    k = key.reshape(B, T, -1, q.shape[-1])
+    if k.shape[2] != heads:  # key at kv heads: repeat the query heads to match
+        q = q.repeat_interleave(kv_heads // heads, dim=2)
+    v = value.reshape(B, T, kv_heads, -1)
+    g = decay if decay.shape[-1] == kv_heads else decay.reshape(B, T, kv_heads, -1)
     if beta.shape[-1] == 1:
-        beta = beta.expand(B, T, heads)
+        beta = beta.expand(B, T, kv_heads)
     scale = float(ctx.attr("scale", 0.0)) or None
     o, state = run_fused_node([q, k, v, g, beta, past_state], GdnAttrs(scale=scale), 2)
     return [o.reshape(B, T, -1), state]

@@ -167,3 +167,52 @@ def test_ort_target_refuses_what_linear_attention_cannot_express() -> None:
     g.outputs = ["o"]
     with pytest.raises(EmitError, match="node gdn: the ort target cannot express several packed sequences"):
         lower_to_linear_attention(Model(g))
+
+
+def test_many_layers_each_fuse() -> None:
+    from tests.models.zoo import export_many_layers
+
+    zoo = export_many_layers(n_layers=4, T=4)
+    model, report = _convert(zoo.path)
+    assert len(report.chains) == 4 and report.misses == []
+    assert model.graph.op_histogram()[FUSED] == 4
+    _check_numerics(zoo, model)
+
+
+@pytest.mark.parametrize("head_map", ["interleave", "tile"])
+@pytest.mark.parametrize("layout", ["kv", "vk"])
+@pytest.mark.parametrize("kda", [False, True], ids=["gda", "kda"])
+def test_ort_target_on_hand_built_nodes(head_map: str, layout: str, kda: bool) -> None:
+    """Head maps, layouts and gates the HF exports never use, against the node's own kernel."""
+    import torch
+
+    from gdnc.fused_op import GdnAttrs
+    from gdnc.ir.graph import Graph, Node, make_attrs
+    from gdnc.ops import run_fused_node
+    from gdnc.passes.targets.ort import lower_to_linear_attention
+
+    B, T, H, HV, K, V = 2, 5, 2, 4, 8, 6
+    rng = np.random.default_rng(7)
+    shapes = {"q": (B, T, H, K), "k": (B, T, H, K), "v": (B, T, HV, V),
+              "g": (B, T, HV, K) if kda else (B, T, HV), "b": (B, T, HV),
+              "s": (B, HV, K, V) if layout == "kv" else (B, HV, V, K)}
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+    feeds["g"] = -np.log1p(np.exp(feeds["g"]))
+    feeds["b"] = 1 / (1 + np.exp(-feeds["b"]))
+    attrs = GdnAttrs(scale=0.4, qk_l2norm=True, head_map=head_map, state_layout=layout)
+    g = Graph()
+    for name, shape in shapes.items():
+        g.inputs.append(name)
+        g.value(name).shape, g.value(name).dtype = shape, 1
+    g.add_node(Node(fused_op.OP_TYPE, ["q", "k", "v", "g", "b", "s"], ["o", "final"],
+                    domain=fused_op.DOMAIN, attrs=make_attrs(**attrs.to_onnx()), name="gdn"))
+    g.outputs = ["o", "final"]
+    for name, shape in (("o", (B, T, HV, V)), ("final", shapes["s"])):
+        g.value(name).shape, g.value(name).dtype = shape, 1
+    model = Model(g, opset_imports={"": 18, fused_op.DOMAIN: 1}, ir_version=10)
+    expected = run_fused_node([torch.from_numpy(feeds[n]) for n in shapes], attrs, 2)
+    assert lower_to_linear_attention(model) == 1
+    for got, want in zip(_ort(model, feeds), expected):
+        assert _rel(got, want.numpy()) <= TOL
+    for got, want in zip(Executor(model).run(feeds).values(), expected):
+        assert _rel(got.numpy(), want.numpy()) <= TOL

@@ -52,20 +52,24 @@ def find_chains(g: Graph) -> tuple[list[Chain], list[Miss]]:
             misses.append(found)
         elif found is not None:
             steps.append(found)
-    by_prev: dict[str, Step] = {}
-    for s in steps:
-        if s.prev in by_prev:
-            misses.append(Miss(RULE, f"state {s.prev} starts two steps; neither is fused"))
-            by_prev[s.prev] = by_prev.get(s.prev) or s
-            continue
-        by_prev[s.prev] = s
     news = {s.new for s in steps}
+    # chains may share an initial state (a zeros constant, say); a step's new state read by
+    # two steps is a fork, and a chain through it is refused
+    by_prev: dict[str, Step] = {}
+    forks: set[str] = set()
+    for s in steps:
+        if s.prev in news:
+            if s.prev in by_prev:
+                forks.add(s.prev)
+            by_prev[s.prev] = s
     chains: list[Chain] = []
     for start in (s for s in steps if s.prev not in news):
         run = [start]
-        while run[-1].new in by_prev:
+        while run[-1].new in by_prev and run[-1].new not in forks:
             run.append(by_prev[run[-1].new])
         refused = _check(g, run)
+        if refused is None and run[-1].new in forks:
+            refused = Miss(RULE, f"state {run[-1].new} feeds two steps")
         if refused is None:
             chains.append(Chain(tuple(run)))
         else:

@@ -1,10 +1,11 @@
 """The "ort" target: each fused node becomes onnxruntime's ``com.microsoft::LinearAttention``.
 
-LinearAttention (update_rule "gated_delta") takes query/key/value packed as [B, T, heads*D]
-with ONE key/value head count, a per-head log-decay [B, T, H_kv] or per-key [B, T, H_kv*d_k],
-beta [B, T, H_kv] and a key-major state [B, H_kv, d_k, d_v]. So the lowering repeats q and k
-to the HV value heads (by the node's head map), l2-normalises them when ``qk_l2norm`` is set,
-transposes a value-major state in and out, and reshapes.
+LinearAttention (update_rule "gated_delta") takes query/key/value packed as [B, T, heads*D],
+a per-head log-decay [B, T, H_kv] or per-key [B, T, H_kv*d_k], beta [B, T, H_kv] and a
+key-major state [B, H_kv, d_k, d_v]. With fewer query heads than kv heads ("inverse GQA"),
+query (and key) head h serves value heads h*r .. h*r+r-1: gdnc's "interleave" map, passed as
+is; a "tile" map gathers q and k up to HV heads first. q and k are l2-normalised outside when
+``qk_l2norm`` is set; a value-major state is transposed in and out.
 
 What it cannot express (EmitError names the node): packed multi-sequence input
 (``cu_seqlens``), a state pool with slot indices, per-token states, and unknown static sizes.
@@ -70,9 +71,10 @@ def _lower(g: Graph, nid: int) -> None:
         q, k, v, gate, beta = (e.op("Unsqueeze", [x, e.const([0])])[0] for x in (q, k, v, gate, beta))
     if attrs.qk_l2norm:
         q, k = (_l2norm(e, x) for x in (q, k))
-    if H != HV:
-        heads = np.arange(HV) // (HV // H) if attrs.head_map == "interleave" else np.arange(HV) % H
-        q, k = (e.op("Gather", [x, e.const(heads.tolist())], axis=2)[0] for x in (q, k))
+    q_heads = H if attrs.head_map == "interleave" else HV
+    if q_heads != H:  # LinearAttention's fewer query heads map interleaved; tile needs a gather
+        heads = (np.arange(HV) % H).tolist()
+        q, k = (e.op("Gather", [x, e.const(heads)], axis=2)[0] for x in (q, k))
     flat = e.const([0, 0, -1])
     query, key, value = (e.op("Reshape", [x, flat])[0] for x in (q, k, v))
     decay = e.op("Reshape", [gate, flat])[0]  # [B,T,HV] stays, [B,T,HV,K] -> [B,T,HV*K]
@@ -80,7 +82,7 @@ def _lower(g: Graph, nid: int) -> None:
         state = e.op("Transpose", [state], perm=[0, 1, 3, 2])[0]
     out, present = e.op(
         "LinearAttention", [query, key, value, state, decay, beta], domain=ORT_DOMAIN, outputs=2,
-        q_num_heads=HV, kv_num_heads=HV, update_rule="gated_delta", scale=float(scale),
+        q_num_heads=q_heads, kv_num_heads=HV, update_rule="gated_delta", scale=float(scale),
     )
     o_shape = [0, 0, HV, V] if not packed else [-1, HV, V]
     if packed:
