@@ -16,8 +16,8 @@ def print_report(console: Console, report: ConversionReport, title: str = "conve
     )
     if report.chains:
         table = Table(title="fused chains")
-        for col in ("node", "steps", "value heads", "K", "V", "state layout", "gate", "initial state"):
-            table.add_column(col)
+        for col in ("node", "T", "HV", "K", "V", "layout", "gate", "init"):
+            table.add_column(col, no_wrap=col == "node")
         for c in report.chains:
             table.add_row(c.node, str(c.steps), str(c.heads), str(c.key_dim), str(c.value_dim),
                           c.layout, c.gate, "yes" if c.initial_state else "zeros")
