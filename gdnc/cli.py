@@ -112,8 +112,9 @@ def compare(
     from gdnc.compare import compare_file
     from gdnc.reporting import print_compare
 
-    result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
-                          target=target, seed=seed)
+    with err.status("comparing", spinner="dots") if not as_json else _null():
+        result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
+                              target=target, seed=seed)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     else:

@@ -47,7 +47,7 @@ def _check_numerics(zoo, model: Model) -> None:
         assert _rel(rt, ref) <= TOL
 
 
-@pytest.mark.parametrize("T", [1, 3, 16])
+@pytest.mark.parametrize("T", [1, 3, 16, 64])
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_hf_export_fuses_to_one_node(exporter: str, T: int) -> None:
     zoo = export_hf(T=T, exporter=exporter, l2norm=True, gva=True)
