@@ -179,6 +179,14 @@ def pack(x: np.ndarray) -> np.ndarray:
     return x.reshape(*x.shape[:2], -1)
 
 
+def la_io(q, k, v, g, beta, state) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
+    """LinearAttention (shapes, feeds) for ``make``-layout tensors: q, k, v [B,T,h,d] packed to
+    [B,T,h*d]; ``state`` (past_state), g (decay) and beta fed as they are. The shapes are the
+    feeds' shapes."""
+    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=state, decay=g, beta=beta)
+    return {name: list(x.shape) for name, x in feeds.items()}, feeds
+
+
 # --------------------------------------------------------------------------- experiments
 
 
@@ -186,15 +194,7 @@ def probe_semantics(rng) -> None:
     print("\n== semantics (B=2, H=2, d_k=8, d_v=6 so kv/vk layouts differ in shape) ==")
     B, T, H, K, V = 2, 5, 2, 8, 6
     q, k, v, g, beta, s0 = make(rng, B, T, H, H, H, K, V)  # q, k NOT l2-normalised
-    shapes = dict(
-        query=[B, T, H * K],
-        key=[B, T, H * K],
-        value=[B, T, H * V],
-        past_state=[B, H, K, V],
-        decay=[B, T, H],
-        beta=[B, T, H],
-    )
-    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=s0, decay=g, beta=beta)
+    shapes, feeds = la_io(q, k, v, g, beta, s0)
     attrs = dict(q_num_heads=H, kv_num_heads=H, update_rule="gated_delta")
     m = la_model(attrs, shapes)
     compare(
@@ -247,18 +247,10 @@ def probe_lengths(rng) -> None:
     B, H, K, V = 2, 4, 32, 32
     for T, cs in [(1, None), (7, None), (64, None), (300, None), (300, 16)]:
         q, k, v, g, beta, s0 = make(rng, B, T, H, H, H, K, V, unit_k=True)
-        shapes = dict(
-            query=[B, T, H * K],
-            key=[B, T, H * K],
-            value=[B, T, H * V],
-            past_state=[B, H, K, V],
-            decay=[B, T, H],
-            beta=[B, T, H],
-        )
+        shapes, feeds = la_io(q, k, v, g, beta, s0)
         attrs = dict(q_num_heads=H, kv_num_heads=H)
         if cs:
             attrs["chunk_size"] = cs
-        feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=s0, decay=g, beta=beta)
         compare(
             f"T={T}{' chunk_size=' + str(cs) if cs else ''}",
             la_model(attrs, shapes),
@@ -274,15 +266,7 @@ def probe_heads(rng) -> None:
     # (a) GQA: more query heads than kv heads
     Hq, Hkv = 4, 2
     q, k, v, g, beta, s0 = make(rng, B, T, Hq, Hkv, Hkv, K, V)
-    shapes = dict(
-        query=[B, T, Hq * K],
-        key=[B, T, Hkv * K],
-        value=[B, T, Hkv * V],
-        past_state=[B, Hkv, K, V],
-        decay=[B, T, Hkv],
-        beta=[B, T, Hkv],
-    )
-    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=s0, decay=g, beta=beta)
+    shapes, feeds = la_io(q, k, v, g, beta, s0)
     m = la_model(dict(q_num_heads=Hq, kv_num_heads=Hkv), shapes)
     _, s_ref = gdn_ref(q[:, :, :Hkv], k, v, g, beta, s0)
     for how in ("interleave", "tile"):
@@ -306,15 +290,7 @@ def probe_heads(rng) -> None:
     q, k, v, g, beta, s0 = make(rng, B, T, Hq, Hkv, Hkv, K, V)
     qk2 = make(rng, B, T, Hq, Hq, Hkv, K, V)[1]  # k with only Hq heads
     for k_heads, kk in ((Hkv, k), (Hq, qk2)):
-        shapes = dict(
-            query=[B, T, Hq * K],
-            key=[B, T, k_heads * K],
-            value=[B, T, Hkv * V],
-            past_state=[B, Hkv, K, V],
-            decay=[B, T, Hkv],
-            beta=[B, T, Hkv],
-        )
-        feeds = dict(query=pack(q), key=pack(kk), value=pack(v), past_state=s0, decay=g, beta=beta)
+        shapes, feeds = la_io(q, kk, v, g, beta, s0)
         m = la_model(dict(q_num_heads=Hq, kv_num_heads=Hkv), shapes)
         for how in ("interleave", "tile"):
             ke = kk if k_heads == Hkv else expand_heads(kk, Hkv, how)
@@ -330,15 +306,7 @@ def probe_dtypes(rng) -> None:
     print("\n== dtypes (io T x state S), T=16, H=2, d_k=d_v=16, rel-L2 vs fp64 ==")
     B, T, H, K, V = 2, 16, 2, 16, 16
     q, k, v, g, beta, s0 = make(rng, B, T, H, H, H, K, V, unit_k=True)
-    shapes = dict(
-        query=[B, T, H * K],
-        key=[B, T, H * K],
-        value=[B, T, H * V],
-        past_state=[B, H, K, V],
-        decay=[B, T, H],
-        beta=[B, T, H],
-    )
-    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=s0, decay=g, beta=beta)
+    shapes, feeds = la_io(q, k, v, g, beta, s0)
     o_ref, s_ref = gdn_ref(q, k, v, g, beta, s0)
     for io in (F32, F16, BF16):
         for st in (F32, F16, BF16):
@@ -371,15 +339,7 @@ def probe_domains(rng) -> None:
     print("\n== domains ==")
     B, T, H, K, V = 1, 3, 2, 8, 8
     q, k, v, g, beta, s0 = make(rng, B, T, H, H, H, K, V)
-    shapes = dict(
-        query=[B, T, H * K],
-        key=[B, T, H * K],
-        value=[B, T, H * V],
-        past_state=[B, H, K, V],
-        decay=[B, T, H],
-        beta=[B, T, H],
-    )
-    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=s0, decay=g, beta=beta)
+    shapes, feeds = la_io(q, k, v, g, beta, s0)
     m = la_model(dict(q_num_heads=H, kv_num_heads=H), shapes, domain="", opset=27, ir=13)
     compare("ai.onnx::LinearAttention (opset 27, IR 13)", m, feeds, *gdn_ref(q, k, v, g, beta, s0))
     for ir, opset in ((7, 13), (8, 17), (10, 21), (11, 23)):
@@ -396,17 +356,9 @@ def probe_state_window(rng) -> None:
     print("\n== state_window (per-token states for speculative decoding) ==")
     B, T, H, K, V, W = 1, 5, 2, 8, 6, 3
     q, k, v, g, beta, s0 = make(rng, B, T, H, H, H, K, V)
-    shapes = dict(
-        query=[B, T, H * K],
-        key=[B, T, H * K],
-        value=[B, T, H * V],
-        past_state=[W, B, H, K, V],
-        decay=[B, T, H],
-        beta=[B, T, H],
-    )
     past = np.zeros((W, B, H, K, V))
     past[-1] = s0
-    feeds = dict(query=pack(q), key=pack(k), value=pack(v), past_state=past, decay=g, beta=beta)
+    shapes, feeds = la_io(q, k, v, g, beta, past)
     o_ref, _ = gdn_ref(q, k, v, g, beta, s0)
     states = np.stack(
         [gdn_ref(q[:, :j], k[:, :j], v[:, :j], g[:, :j], beta[:, :j], s0)[1] for j in range(T - W + 1, T + 1)]

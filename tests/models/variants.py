@@ -25,7 +25,8 @@ def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class _DeltaBase(nn.Module):
-    """Shared prelude/epilogue. Subclasses implement ``loop``."""
+    """Shared prelude, token loop and epilogue. Subclasses override the spelling hooks
+    (``recall``, ``outer``, ``readout``) or, for extra outputs, ``loop``."""
 
     state_layout = "kv"  # "kv": [B, HV, K, V]; "vk": [B, HV, V, K]
     kda = False  # per-key gate g [B, T, HV, K]
@@ -68,16 +69,35 @@ class _DeltaBase(nn.Module):
         a = g[:, :, i] if self.gate_is_decay else g[:, :, i].exp()
         return S * a[..., None, None]
 
-    def loop(self, q, k, v, g, beta, S, out, T):  # the HF spelling (Mul + ReduceSum, kv)
+    def loop(self, q, k, v, g, beta, S, out, T):
         for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
-            delta = (v_t - kv_mem) * beta_t
-            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
-            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+            S = self.step(q, k, v, g, beta, S, out, i)
         return out.transpose(1, 2).contiguous(), S
+
+    def step(self, q, k, v, g, beta, S, out, i):
+        """Token ``i``: decay, delta update, write ``out[:, :, i]``; returns the new state.
+
+        The three contractions are the spelling hooks :meth:`recall`, :meth:`outer` and
+        :meth:`readout`.
+        """
+        q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
+        S = self.decay(S, g, i)
+        beta_t = beta[:, :, i].unsqueeze(-1)
+        kv_mem = self.recall(S, k_t)
+        delta = (v_t - kv_mem) * beta_t
+        S = S + self.outer(k_t, delta)
+        out[:, :, i] = self.readout(S, q_t)
+        return S
+
+    # the HF spelling (Mul + ReduceSum, kv)
+    def recall(self, S, k_t):  # S^T k_t
+        return (S * k_t.unsqueeze(-1)).sum(dim=-2)
+
+    def outer(self, k_t, delta):  # k_t delta^T
+        return k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+
+    def readout(self, S, q_t):  # S^T q_t
+        return (S * q_t.unsqueeze(-1)).sum(dim=-2)
 
 
 class HFLoop(_DeltaBase):
@@ -87,31 +107,27 @@ class HFLoop(_DeltaBase):
 class MatMulLoop(_DeltaBase):
     """(1) contractions spelled with ``torch.matmul``."""
 
-    def loop(self, q, k, v, g, beta, S, out, T):
-        for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            u = torch.matmul(k_t.unsqueeze(-2), S).squeeze(-2)
-            delta = (v_t - u) * beta_t
-            S = S + torch.matmul(k_t.unsqueeze(-1), delta.unsqueeze(-2))
-            out[:, :, i] = torch.matmul(q_t.unsqueeze(-2), S).squeeze(-2)
-        return out.transpose(1, 2).contiguous(), S
+    def recall(self, S, k_t):
+        return torch.matmul(k_t.unsqueeze(-2), S).squeeze(-2)
+
+    def outer(self, k_t, delta):
+        return torch.matmul(k_t.unsqueeze(-1), delta.unsqueeze(-2))
+
+    def readout(self, S, q_t):
+        return torch.matmul(q_t.unsqueeze(-2), S).squeeze(-2)
 
 
 class EinsumLoop(_DeltaBase):
     """(2) contractions spelled with ``torch.einsum``."""
 
-    def loop(self, q, k, v, g, beta, S, out, T):
-        for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            u = torch.einsum("bhk,bhkv->bhv", k_t, S)
-            delta = (v_t - u) * beta_t
-            S = S + torch.einsum("bhk,bhv->bhkv", k_t, delta)
-            out[:, :, i] = torch.einsum("bhk,bhkv->bhv", q_t, S)
-        return out.transpose(1, 2).contiguous(), S
+    def recall(self, S, k_t):
+        return torch.einsum("bhk,bhkv->bhv", k_t, S)
+
+    def outer(self, k_t, delta):
+        return torch.einsum("bhk,bhv->bhkv", k_t, delta)
+
+    def readout(self, S, q_t):
+        return torch.einsum("bhk,bhkv->bhv", q_t, S)
 
 
 class TransposedStateLoop(_DeltaBase):
@@ -119,16 +135,14 @@ class TransposedStateLoop(_DeltaBase):
 
     state_layout = "vk"
 
-    def loop(self, q, k, v, g, beta, S, out, T):
-        for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            u = (S * k_t.unsqueeze(-2)).sum(dim=-1)
-            delta = (v_t - u) * beta_t
-            S = S + delta.unsqueeze(-1) * k_t.unsqueeze(-2)
-            out[:, :, i] = (S * q_t.unsqueeze(-2)).sum(dim=-1)
-        return out.transpose(1, 2).contiguous(), S
+    def recall(self, S, k_t):
+        return (S * k_t.unsqueeze(-2)).sum(dim=-1)
+
+    def outer(self, k_t, delta):
+        return delta.unsqueeze(-1) * k_t.unsqueeze(-2)
+
+    def readout(self, S, q_t):
+        return (S * q_t.unsqueeze(-2)).sum(dim=-1)
 
 
 class DirectDecayLoop(_DeltaBase):
@@ -152,17 +166,9 @@ class MulScaleLoop(_DeltaBase):
 class NearMissStateSum(_DeltaBase):
     """(7a) NOT fusable: every step's output also reads ``S.sum()`` (state consumed twice)."""
 
-    def loop(self, q, k, v, g, beta, S, out, T):
-        for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
-            delta = (v_t - kv_mem) * beta_t
-            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
-            o_t = (S * q_t.unsqueeze(-1)).sum(dim=-2)
-            out[:, :, i] = o_t + 0.01 * S.sum(dim=(-2, -1)).unsqueeze(-1)
-        return out.transpose(1, 2).contiguous(), S
+    def readout(self, S, q_t):
+        o_t = super().readout(S, q_t)
+        return o_t + 0.01 * S.sum(dim=(-2, -1)).unsqueeze(-1)
 
 
 class NearMissStateOutput(_DeltaBase):
@@ -171,13 +177,7 @@ class NearMissStateOutput(_DeltaBase):
     def loop(self, q, k, v, g, beta, S, out, T):
         S1 = None
         for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            kv_mem = (S * k_t.unsqueeze(-1)).sum(dim=-2)
-            delta = (v_t - kv_mem) * beta_t
-            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
-            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
+            S = self.step(q, k, v, g, beta, S, out, i)
             if i == 0:
                 S1 = S * 1.0  # a distinct tensor (an identity alias would be folded)
         return out.transpose(1, 2).contiguous(), S, S1
@@ -189,16 +189,8 @@ class NearMissWrongAxis(_DeltaBase):
     Needs K == V to run.
     """
 
-    def loop(self, q, k, v, g, beta, S, out, T):
-        for i in range(T):
-            q_t, k_t, v_t = q[:, :, i], k[:, :, i], v[:, :, i]
-            S = self.decay(S, g, i)
-            beta_t = beta[:, :, i].unsqueeze(-1)
-            kv_mem = (S * k_t.unsqueeze(-2)).sum(dim=-1)  # wrong: contracts V, not K
-            delta = (v_t - kv_mem) * beta_t
-            S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
-            out[:, :, i] = (S * q_t.unsqueeze(-1)).sum(dim=-2)
-        return out.transpose(1, 2).contiguous(), S
+    def recall(self, S, k_t):
+        return (S * k_t.unsqueeze(-2)).sum(dim=-1)  # wrong: contracts V, not K
 
 
 # name -> (module class, fusable)

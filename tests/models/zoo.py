@@ -223,11 +223,97 @@ def _check_exporter(exporter: str) -> None:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
 
 
+def _sizes(shape: dict[str, int], l2norm: bool) -> str:
+    """``T=.., B=.., H=.., HV=.., K=.., V=.., l2norm=..`` for descriptions."""
+    return ", ".join(f"{n}={shape[n]}" for n in ("T", "B", "H", "HV", "K", "V")) + f", l2norm={l2norm}"
+
+
+def _tag(
+    prefix: str, exporter: str, shape: dict[str, int], l2norm: bool, gva: bool, init: bool, seed: int
+) -> str:
+    """Cache file stem of a single-call export (HF loop or variant)."""
+    B, T, H, K, V = (shape[n] for n in ("B", "T", "H", "K", "V"))
+    return (
+        f"{prefix}_{exporter}_T{T}_{'l2' if l2norm else 'nol2'}_{'gva' if gva else 'mha'}"
+        f"_B{B}H{H}K{K}V{V}{'_init' if init else ''}_s{seed}"
+    )
+
+
+def _meta(
+    kind: str,
+    exporter: str,
+    shape: dict[str, int],
+    *,
+    l2norm: bool,
+    gva: bool,
+    seed: int,
+    variant: str = "hf",
+    n_layers: int | None = None,
+    kda: bool = False,
+    state_layout: str = "kv",
+    gate: str = "log",
+    with_initial_state: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``ZooModel.meta``: the HF defaults with the given overrides; ``extra`` keys go last."""
+    meta: dict[str, Any] = dict(kind=kind, exporter=exporter, variant=variant)
+    if n_layers is not None:
+        meta["n_layers"] = n_layers
+    meta.update(shape)
+    meta.update(
+        l2norm=l2norm,
+        gva=gva,
+        kda=kda,
+        state_layout=state_layout,
+        gate=gate,
+        head_map="interleave",
+        with_initial_state=with_initial_state,
+        seed=seed,
+    )
+    meta.update(extra)
+    return meta
+
+
+def _build(
+    module: nn.Module,
+    inputs: dict[str, np.ndarray],
+    out_names: list[str],
+    tag: str,
+    exporter: str,
+    *,
+    description: str,
+    expect_fused: int,
+    meta: dict[str, Any],
+    export=_torch_export,
+) -> ZooModel:
+    """Export ``module`` on ``inputs`` (graph inputs named by the keys) into the cache as
+    ``{tag}.onnx`` with ``export(module, args, path, input_names, out_names, exporter)``, run it
+    eagerly for the reference outputs and wrap it all in a :class:`ZooModel`."""
+    names = list(inputs)
+    args = tuple(torch.from_numpy(inputs[n]) for n in names)
+    path = os.path.join(_cache_dir(), tag + ".onnx")
+    with _LOCK:
+        export(module, args, path, names, out_names, exporter)
+    return ZooModel(
+        path=path,
+        inputs=inputs,
+        description=description,
+        reference=_eager(module, args, out_names),
+        expect_fused=expect_fused,
+        meta=meta,
+    )
+
+
 # --------------------------------------------------------------------------- HF model
 
 
 class HFDeltaNet(nn.Module):
     """``torch_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state, True, l2norm)``."""
+
+    # input/state conventions, as on the variants' ``_DeltaBase``
+    state_layout = "kv"
+    kda = False
+    gate_is_decay = False
 
     def __init__(self, l2norm: bool) -> None:
         super().__init__()
@@ -248,7 +334,8 @@ class HFDeltaNet(nn.Module):
 
 
 @functools.cache
-def _export_hf_cached(
+def _export_loop_cached(
+    name: str,
     T: int,
     exporter: str,
     l2norm: bool,
@@ -260,57 +347,52 @@ def _export_hf_cached(
     with_initial_state: bool,
     seed: int,
 ) -> ZooModel:
-    HV = 2 * H if gva else H
-    rng = np.random.default_rng(seed)
+    """One per-token loop exported in one call: ``name`` "hf" (:class:`HFDeltaNet`) or a variant."""
+    hf = name == "hf"
+    cls, fusable = (HFDeltaNet, True) if hf else VARIANTS[name]
+    if name == "nearmiss_wrong_axis" and K != V:
+        raise ValueError("nearmiss_wrong_axis needs K == V")
+    shape = dict(B=B, T=T, H=H, HV=2 * H if gva else H, K=K, V=V)
     inputs = _make_inputs(
-        rng,
-        B=B,
-        T=T,
-        H=H,
-        HV=HV,
-        K=K,
-        V=V,
+        np.random.default_rng(seed),
+        **shape,
         l2norm=l2norm,
+        kda=cls.kda,
+        gate_is_decay=cls.gate_is_decay,
         with_initial_state=with_initial_state,
+        state_layout=cls.state_layout,
     )
-    names = list(inputs)
-    args = tuple(torch.from_numpy(inputs[n]) for n in names)
-    module = HFDeltaNet(l2norm)
     out_names = ["o", "final_state"]
-    tag = (
-        f"hf_{exporter}_T{T}_{'l2' if l2norm else 'nol2'}_{'gva' if gva else 'mha'}"
-        f"_B{B}H{H}K{K}V{V}{'_init' if with_initial_state else ''}_s{seed}"
-    )
-    path = os.path.join(_cache_dir(), tag + ".onnx")
-    with _LOCK:
-        _torch_export(module, args, path, names, out_names, exporter)
-    return ZooModel(
-        path=path,
-        inputs=inputs,
+    if name == "nearmiss_state_output":
+        out_names.append("state_step1")
+    if hf:
+        title, extra = "HF torch_recurrent_gated_delta_rule", {}
+    else:
+        title = f"variant {name!r} ({(cls.__doc__ or '').strip().splitlines()[0]})"
+        extra = dict(fusable=fusable, scale_spelling="mul" if cls.scale_by_mul else "div")
+    return _build(
+        cls(l2norm),
+        inputs,
+        out_names,
+        _tag("hf" if hf else f"var_{name}", exporter, shape, l2norm, gva, with_initial_state, seed),
+        exporter,
         description=(
-            f"HF torch_recurrent_gated_delta_rule, {exporter} export, T={T}, B={B}, H={H}, "
-            f"HV={HV}, K={K}, V={V}, l2norm={l2norm}, initial_state={with_initial_state}"
+            f"{title}, {exporter} export, {_sizes(shape, l2norm)}, initial_state={with_initial_state}"
         ),
-        reference=_eager(module, args, out_names),
-        expect_fused=1,
-        meta=dict(
-            kind="hf",
-            exporter=exporter,
-            variant="hf",
-            B=B,
-            T=T,
-            H=H,
-            HV=HV,
-            K=K,
-            V=V,
+        expect_fused=1 if fusable else 0,
+        meta=_meta(
+            "hf" if hf else "variant",
+            exporter,
+            shape,
             l2norm=l2norm,
             gva=gva,
-            kda=False,
-            state_layout="kv",
-            gate="log",
-            head_map="interleave",
-            with_initial_state=with_initial_state,
             seed=seed,
+            variant=name,
+            kda=cls.kda,
+            state_layout=cls.state_layout,
+            gate="decay" if cls.gate_is_decay else "log",
+            with_initial_state=with_initial_state,
+            **extra,
         ),
     )
 
@@ -332,92 +414,14 @@ def export_hf(
     """Export HF's per-token loop. ``gva`` -> HV = 2H (HF repeat_interleaves q, k itself)."""
     _check_exporter(exporter)
     return _finish(
-        _export_hf_cached(T, exporter, bool(l2norm), bool(gva), B, H, K, V, bool(with_initial_state), seed),
+        _export_loop_cached(
+            "hf", T, exporter, bool(l2norm), bool(gva), B, H, K, V, bool(with_initial_state), seed
+        ),
         tmp_dir,
     )
 
 
 # --------------------------------------------------------------------------- variants
-
-
-@functools.cache
-def _export_variant_cached(
-    name: str,
-    T: int,
-    exporter: str,
-    l2norm: bool,
-    gva: bool,
-    B: int,
-    H: int,
-    K: int,
-    V: int,
-    with_initial_state: bool,
-    seed: int,
-) -> ZooModel:
-    cls, fusable = VARIANTS[name]
-    if name == "nearmiss_wrong_axis" and K != V:
-        raise ValueError("nearmiss_wrong_axis needs K == V")
-    HV = 2 * H if gva else H
-    rng = np.random.default_rng(seed)
-    inputs = _make_inputs(
-        rng,
-        B=B,
-        T=T,
-        H=H,
-        HV=HV,
-        K=K,
-        V=V,
-        l2norm=l2norm,
-        kda=cls.kda,
-        gate_is_decay=cls.gate_is_decay,
-        with_initial_state=with_initial_state,
-        state_layout=cls.state_layout,
-    )
-    names = list(inputs)
-    args = tuple(torch.from_numpy(inputs[n]) for n in names)
-    module = cls(l2norm)
-    out_names = ["o", "final_state"]
-    if name == "nearmiss_state_output":
-        out_names.append("state_step1")
-    tag = (
-        f"var_{name}_{exporter}_T{T}_{'l2' if l2norm else 'nol2'}_{'gva' if gva else 'mha'}"
-        f"_B{B}H{H}K{K}V{V}{'_init' if with_initial_state else ''}_s{seed}"
-    )
-    path = os.path.join(_cache_dir(), tag + ".onnx")
-    with _LOCK:
-        _torch_export(module, args, path, names, out_names, exporter)
-    return ZooModel(
-        path=path,
-        inputs=inputs,
-        description=(
-            f"variant {name!r} ({(cls.__doc__ or '').strip().splitlines()[0]}), {exporter} "
-            f"export, T={T}, B={B}, H={H}, HV={HV}, K={K}, V={V}, l2norm={l2norm}, "
-            f"initial_state={with_initial_state}"
-        ),
-        reference=_eager(module, args, out_names),
-        expect_fused=1 if fusable else 0,
-        meta=dict(
-            kind="variant",
-            exporter=exporter,
-            variant=name,
-            B=B,
-            T=T,
-            H=H,
-            HV=HV,
-            K=K,
-            V=V,
-            l2norm=l2norm,
-            gva=gva,
-            kda=cls.kda,
-            state_layout=cls.state_layout,
-            gate="decay" if cls.gate_is_decay else "log",
-            head_map="interleave",
-            with_initial_state=with_initial_state,
-            seed=seed,
-            fusable=fusable,
-            scale_spelling="mul" if cls.scale_by_mul else "div",
-        ),
-    )
 
 
 def export_variant(
@@ -440,7 +444,7 @@ def export_variant(
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; known: {VARIANT_NAMES}")
     return _finish(
-        _export_variant_cached(
+        _export_loop_cached(
             name, T, exporter, bool(l2norm), bool(gva), B, H, K, V, bool(with_initial_state), seed
         ),
         tmp_dir,
@@ -597,6 +601,36 @@ def _stitch(mid: onnx.ModelProto | None, last: onnx.ModelProto, n_layers: int) -
     return model
 
 
+def _export_stitched(
+    module: ManyLayers,
+    args: tuple[torch.Tensor, ...],
+    path: str,
+    input_names: list[str],
+    output_names: list[str],
+    exporter: str,
+) -> None:
+    """:func:`_torch_export`'s stand-in for a :class:`ManyLayers` ``module``: exports one middle
+    and the last layer and stitches ``n_layers`` copies (:func:`_stitch` names the outputs
+    ``o, final_state_0 ..``, which are the ``output_names`` the caller passes)."""
+    n_layers = module.n_layers
+    mid = None
+    if n_layers > 1:
+        _torch_export(_Block(module, False), args, path + ".mid", input_names, _MID_OUT, exporter)
+        mid = onnx.load(path + ".mid")
+        with torch.no_grad():
+            last_args = module.next_inputs(module.delta(*args)[0])
+    else:
+        last_args = args
+    _torch_export(
+        _Block(module, True), tuple(last_args), path + ".last", input_names, ["o", "final_state"], exporter
+    )
+    last = onnx.load(path + ".last")
+    onnx.save(_stitch(mid, last, n_layers), path)
+    for p in (path + ".mid", path + ".last"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(p)
+
+
 @functools.cache
 def _export_many_layers_cached(
     n_layers: int,
@@ -610,69 +644,36 @@ def _export_many_layers_cached(
     seed: int,
     stitched: bool,
 ) -> ZooModel:
-    HV = 2 * H if gva else H
-    rng = np.random.default_rng(seed)
-    inputs = _make_inputs(rng, B=B, T=T, H=H, HV=HV, K=K, V=V, l2norm=True)
-    names = list(inputs)
-    args = tuple(torch.from_numpy(inputs[n]) for n in names)
+    shape = dict(B=B, T=T, H=H, HV=2 * H if gva else H, K=K, V=V)
+    inputs = _make_inputs(np.random.default_rng(seed), **shape, l2norm=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        module = ManyLayers(n_layers, H, HV, K, V, l2norm=True)
-    out_names = ["o"] + [f"final_state_{i}" for i in range(n_layers)]
+        module = ManyLayers(n_layers, H, shape["HV"], K, V, l2norm=True)
     tag = (
         f"many_{exporter}_L{n_layers}_T{T}_B{B}H{H}K{K}V{V}{'_gva' if gva else ''}_s{seed}"
         f"{'_stitched' if stitched else ''}"
     )
-    path = os.path.join(_cache_dir(), tag + ".onnx")
-    with _LOCK:
-        if not stitched:
-            _torch_export(module, args, path, names, out_names, exporter)
-        else:
-            mid = None
-            if n_layers > 1:
-                _torch_export(_Block(module, False), args, path + ".mid", names, _MID_OUT, exporter)
-                mid = onnx.load(path + ".mid")
-                with torch.no_grad():
-                    last_args = module.next_inputs(module.delta(*args)[0])
-            else:
-                last_args = args
-            _torch_export(
-                _Block(module, True), tuple(last_args), path + ".last", names, ["o", "final_state"], exporter
-            )
-            last = onnx.load(path + ".last")
-            onnx.save(_stitch(mid, last, n_layers), path)
-            for p in (path + ".mid", path + ".last"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(p)
-    return ZooModel(
-        path=path,
-        inputs=inputs,
+    return _build(
+        module,
+        inputs,
+        ["o"] + [f"final_state_{i}" for i in range(n_layers)],
+        tag,
+        exporter,
+        export=_export_stitched if stitched else _torch_export,
         description=(
             f"{n_layers} chained HF delta-net layers (shared Linear in between), {exporter} "
             f"export{' (one exported layer stitched n times)' if stitched else ''}, "
-            f"T={T}, B={B}, H={H}, HV={HV}, K={K}, V={V}, l2norm=True"
+            f"{_sizes(shape, True)}"
         ),
-        reference=_eager(module, args, out_names),
         expect_fused=n_layers,
-        meta=dict(
-            kind="many_layers",
-            exporter=exporter,
-            variant="hf",
-            n_layers=n_layers,
-            B=B,
-            T=T,
-            H=H,
-            HV=HV,
-            K=K,
-            V=V,
+        meta=_meta(
+            "many_layers",
+            exporter,
+            shape,
             l2norm=True,
             gva=gva,
-            kda=False,
-            state_layout="kv",
-            gate="log",
-            head_map="interleave",
-            with_initial_state=False,
             seed=seed,
+            n_layers=n_layers,
             stitched=stitched,
         ),
     )
