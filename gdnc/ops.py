@@ -1,12 +1,14 @@
 """Public GatedDeltaNet API: the pool form, the functional form and the fused graph node.
 
-Backends: "reference" (fp64, any device torch supports); "auto" picks the best available one,
-today always "reference". "cpu" and "triton" are reserved for the kernels to come. Algorithms:
-"auto", "recurrent", "chunked"; the reference computes all of them with the fp64 recurrence.
+Backends: "reference" (fp64 oracle, any device), "cpu" (vectorised torch kernels), "triton"
+(GPU kernels); "auto" picks Triton for CUDA tensors and the CPU kernels otherwise. Each
+backend has a recurrent and a chunked algorithm; "auto" picks per sequence by length.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -15,21 +17,79 @@ import torch
 from gdnc.errors import OpArgumentError
 from gdnc.fused_op import INPUTS, OUTPUTS, GdnAttrs
 from gdnc.lowering.gated_delta_net import gated_delta_net_reference
+from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
+from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 ALGORITHMS = ("auto", "recurrent", "chunked")
+# ``algorithm="auto"``: sequences at least this long run chunked, shorter ones recurrent
+# (break-even measured per backend, see benchmarks/RESULTS.md)
+CHUNKED_MIN_TOKENS = {"cpu": 16, "triton": 32}
+
+Kernel = Callable[[GdnLaunch], None]
 
 
-def _select(backend: str, algorithm: str) -> Callable[..., torch.Tensor]:
-    if algorithm not in ALGORITHMS:
+_KERNELS = {  # (backend, algorithm) -> (module, function); imported on first use
+    ("cpu", "recurrent"): ("cpu", "run_recurrent"),
+    ("cpu", "chunked"): ("cpu", "run_chunked"),
+    ("triton", "recurrent"): ("triton_recurrent", "run"),
+    ("triton", "chunked"): ("triton_chunked", "run"),
+}
+
+
+def _kernel(backend: str, algorithm: str) -> Kernel:
+    """The kernel of ``backend`` for ``algorithm``; OpArgumentError when it cannot run here."""
+    if backend not in BACKENDS:
         raise OpArgumentError(
-            f"gated_delta_net: algorithm {algorithm!r} is not one of {list(ALGORITHMS)}"
+            f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
+    module, name = _KERNELS[(backend, algorithm)]
+    try:
+        mod = importlib.import_module(f"gdnc.lowering.gated_delta_net.{module}")
+    except ImportError as exc:
+        raise OpArgumentError(f"backend {backend!r} is not available: {exc}") from exc
+    return cast(Kernel, getattr(mod, name))
+
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _auto_backend(q: torch.Tensor, state_pool: torch.Tensor) -> str:
+    """fp64 calls go to the fp64 oracle (the kernels compute in fp32); else Triton on CUDA."""
+    if torch.float64 in (q.dtype, state_pool.dtype):
+        return "reference"
+    return "triton" if q.is_cuda else "cpu"
+
+
+def _check_kernel_inputs(backend: str, tensors: Sequence[torch.Tensor]) -> None:
+    """Kernels take fp32/bf16/fp16 tensors (q, k, v, g, beta, state_pool); Triton needs CUDA
+    ones unless TRITON_INTERPRET=1."""
+    q = tensors[0]
+    for name, x in zip(("q", "k", "v", "g", "beta", "state_pool"), tensors):
+        if x.dtype not in KERNEL_DTYPES:
+            raise OpArgumentError(
+                f"gated_delta_net: {name}: dtype {x.dtype} is not supported by backend "
+                f"{backend!r} (fp32, bf16, fp16; use backend='reference' for fp64)"
+            )
+    if backend == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise OpArgumentError(
+            f"gated_delta_net: backend 'triton' needs CUDA tensors, got {q.device} "
+            "(set TRITON_INTERPRET=1 to run the kernels on the CPU through Triton's interpreter)"
         )
-    if backend in ("auto", "reference"):
-        return gated_delta_net_reference
-    if backend in BACKENDS:
-        raise OpArgumentError(f"backend {backend!r} is not available yet")
-    raise OpArgumentError(f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
+
+
+def _output(out: torch.Tensor | None, shp: GdnShapes, v: torch.Tensor) -> torch.Tensor:
+    want = [shp.T_total, shp.HV, shp.V]
+    if out is None:
+        return torch.empty(want, dtype=v.dtype, device=v.device)
+    if list(out.shape) != want or out.dtype != v.dtype or out.device != v.device \
+            or not out.is_contiguous():
+        raise OpArgumentError(f"gated_delta_net: out: must be a contiguous {v.dtype} tensor of "
+                              f"shape {want} on {v.device}, got {out.dtype} {list(out.shape)}")
+    return out
+
+
+def _index(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64, device=device)
 
 
 def gated_delta_net(
@@ -50,20 +110,68 @@ def gated_delta_net(
     token_states: torch.Tensor | None = None,
     backend: str = "auto",
     algorithm: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pool form, packed layout; returns o [T_total, HV, V] in v's dtype.
+    """Pool form, packed layout; returns o [T_total, HV, V] in v's dtype (written into
+    ``out`` when given: contiguous, that shape and dtype).
 
     q, k [T_total, H, K]; v [T_total, HV, V]; g [T_total, HV] or [T_total, HV, K]; beta
     [T_total, HV]; state_pool [P, HV, K, V] ("kv") or [P, HV, V, K] ("vk"), updated in place;
     cu_seqlens int64 [N+1]; state_in_index / state_out_index int64 [N] (see
     ``gated_delta_net_reference``); token_states optional output [T_total, HV, K, V] (or vk).
+    ``backend``: "auto" (Triton on CUDA tensors, else CPU), "cpu", "triton", "reference";
+    ``algorithm``: "auto" (per sequence: chunked from CHUNKED_MIN_TOKENS tokens on),
+    "recurrent", "chunked". A mixed batch runs as at most two launches.
     """
-    impl = _select(backend, algorithm)
-    return impl(
+    if algorithm not in ALGORITHMS:
+        raise OpArgumentError(
+            f"gated_delta_net: algorithm {algorithm!r} is not one of {list(ALGORITHMS)}"
+        )
+    if backend == "auto":
+        backend = _auto_backend(q, state_pool)
+    if backend == "reference":
+        return gated_delta_net_reference(
+            q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
+            scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
+            token_states=token_states,
+        )
+    if backend not in BACKENDS:
+        raise OpArgumentError(
+            f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
+    _check_kernel_inputs(backend, (q, k, v, g, beta, state_pool))
+    shp = validate(
         q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
-        scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
-        token_states=token_states,
+        head_map=head_map, state_layout=state_layout, token_states=token_states,
     )
+    opts = GdnOptions(scale=shp.K**-0.5 if scale is None else float(scale), qk_l2norm=qk_l2norm,
+                      head_map=head_map, state_layout=state_layout)
+    device = q.device
+    o = _output(out, shp, v)
+    ins, outs = list(shp.in_slots), list(shp.out_slots)
+    reader = {slot: n for n, slot in enumerate(ins) if slot >= 0}
+    state_src = state_pool
+    if any(slot >= 0 and reader.get(slot, n) != n for n, slot in enumerate(outs)):
+        # an out slot is another sequence's in slot: snapshot the in states first
+        state_src = state_pool[_index([max(s, 0) for s in ins], device)]
+        ins = [n if slot >= 0 else -1 for n, slot in enumerate(ins)]
+    groups: dict[str, list[int]] = {}
+    for n, length in enumerate(shp.seq_lens):
+        if algorithm != "auto":
+            algo = algorithm
+        else:
+            algo = "chunked" if length >= CHUNKED_MIN_TOKENS[backend] else "recurrent"
+        groups.setdefault(algo, []).append(n)
+    for algo, seqs in groups.items():
+        _kernel(backend, algo)(GdnLaunch(
+            q=q, k=k, v=v, g=g, beta=beta, o=o, state_src=state_src, state_dst=state_pool,
+            starts=_index([shp.seq_starts[n] for n in seqs], device),
+            lengths=_index([shp.seq_lens[n] for n in seqs], device),
+            in_index=_index([ins[n] for n in seqs], device),
+            out_index=_index([outs[n] for n in seqs], device),
+            token_states=token_states, shapes=shp, opts=opts,
+            max_len=max(shp.seq_lens[n] for n in seqs),
+        ))
+    return o
 
 
 def _flatten_batch(

@@ -30,6 +30,10 @@ class GdnShapes:
     K: int
     V: int
     kda: bool
+    seq_starts: tuple[int, ...] = ()
+    seq_lens: tuple[int, ...] = ()
+    in_slots: tuple[int, ...] = ()  # resolved: default arange(N)
+    out_slots: tuple[int, ...] = ()  # resolved: default in_slots
 
     @property
     def group(self) -> int:
@@ -155,4 +159,9 @@ def validate(
             raise _fail(name, f"slot {slot} is written by more than one sequence")
         if slot >= 0:
             seen.add(slot)
-    return GdnShapes(T_total=T, N=N, P=P, H=H, HV=HV, K=K, V=V, kda=g.dim() == 3)
+    in_slots = tuple(ins) if ins is not None else tuple(range(N))
+    return GdnShapes(
+        T_total=T, N=N, P=P, H=H, HV=HV, K=K, V=V, kda=g.dim() == 3,
+        seq_starts=tuple(cu[:-1]), seq_lens=tuple(b - a for a, b in zip(cu, cu[1:])),
+        in_slots=in_slots, out_slots=tuple(outs) if outs is not None else in_slots,
+    )

@@ -134,9 +134,10 @@ def _kq(launch: GdnLaunch, p: _Plan, t0: int, t1: int, n: int, C: int = 0) -> to
         if p.key_head is not None:
             rows = rows.index_select(2, p.key_head)
         rows = rows.unflatten(1, (-1, C)).permute(1, 0, 3, 2, 4) if C else rows.transpose(0, 1)
+        factor: float | torch.Tensor = scale
         if launch.opts.qk_l2norm:
-            scale = (rows * rows).sum(-1, keepdim=True).add_(L2NORM_EPS).rsqrt_().mul_(scale)
-        torch.mul(rows, scale, out=kq.select(3, i))
+            factor = (rows * rows).sum(-1, keepdim=True).add_(L2NORM_EPS).rsqrt_().mul_(scale)
+        torch.mul(rows, factor, out=kq.select(3, i))
     return kq.flatten(1, 2).flatten(2, -2)
 
 
@@ -293,8 +294,9 @@ def _local(kq: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tenso
     return _Terms(WQ, WU[..., K:], P, Kd, last.exp().float().mT, gamma, D)
 
 
-def _token_states(launch: GdnLaunch, index: tuple[torch.Tensor, ...], mask: torch.Tensor,
-                  tm: _Terms, k: torch.Tensor, S0: torch.Tensor, delta: torch.Tensor) -> None:
+def _token_states(token_states: torch.Tensor, layout: str, index: tuple[torch.Tensor, ...],
+                  mask: torch.Tensor, tm: _Terms, k: torch.Tensor, S0: torch.Tensor,
+                  delta: torch.Tensor) -> None:
     """Write the state after every token of a chunk: S_t = Γ_t S0 + Σ_{i<=t} D[t, i] k_i δ_i^T.
 
     k [c, C, K], S0 [c, K, V], delta [c, C, V] (c = running sequences x HV); index, mask
@@ -303,9 +305,9 @@ def _token_states(launch: GdnLaunch, index: tuple[torch.Tensor, ...], mask: torc
     E = (tm.D * k.unsqueeze(-3)).permute(0, 3, 1, 2)  # [c, K, C(t), C(i)]
     states = torch.matmul(E, delta[:, None]).transpose(1, 2)  # [c, C, K, V]
     states = states.addcmul_(tm.gamma[..., None], S0[:, None])
-    if launch.opts.state_layout == "vk":
+    if layout == "vk":
         states = states.mT
-    _scatter(launch.token_states, index, mask, states.unflatten(0, (index[0].shape[0], -1)))
+    _scatter(token_states, index, mask, states.unflatten(0, (index[0].shape[0], -1)))
 
 
 def run_chunked(launch: GdnLaunch) -> None:
@@ -345,7 +347,8 @@ def run_chunked(launch: GdnLaunch) -> None:
             torch.baddbmm(ws_qs[:, C:], tm.P, delta, out=O[i, :c])
             if launch.token_states is not None:
                 tok = p.tok[:n, t0 + i * C:t0 + (i + 1) * C, None]
-                _token_states(launch, torch.broadcast_tensors(tok.transpose(1, 2), vhead[0]),
+                _token_states(launch.token_states, launch.opts.state_layout,
+                              torch.broadcast_tensors(tok.transpose(1, 2), vhead[0]),
                               valid[i, :n], tm, kq[i, :c, :C], S0, delta)
             S0.mul_(tm.decay).baddbmm_(tm.Kd.mT, delta)
         if N == 1 and t1 <= p.lens[0]:  # consecutive tokens

@@ -177,7 +177,7 @@ def _run_on_contiguous_copies(launch: GdnLaunch, bv: int, num_warps: int) -> Non
     launch_kernel(dataclasses.replace(launch, state_src=src, state_dst=dst, token_states=ts_copy),
                   bv, num_warps)
     launch.state_dst.copy_(dst)
-    if ts is not None:
+    if ts is not None and ts_copy is not None:
         ts.copy_(ts_copy)
 
 
