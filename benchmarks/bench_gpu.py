@@ -235,11 +235,13 @@ def decode_layout(B: int, layout: str, row: dict[str, float], fla_ok: bool) -> N
         dg.slots.copy_(launches[r].in_index)
         graphs.append(dg)
     row[f"gdnc_{layout}_replay1"] = wall_us(lambda i: graphs[i % R].replay())
-    if layout == "kv":
-        cu = torch.arange(B + 1, device=DEV)
-        row["gdnc_kv_api"] = wall_us(lambda i: gated_delta_net(
-            *xs[i % R], pool, cu, launches[i % R].in_index, scale=SCALE, qk_l2norm=True,
-            backend="triton", algorithm="recurrent", out=outs[i % R]))
+    if layout == "kv":  # public API with index tensors on the GPU, then on the host
+        for where, dev in (("api", DEV), ("api_host_idx", "cpu")):
+            cu = torch.arange(B + 1, device=dev)
+            slots = [launches[r].in_index.to(dev) for r in range(R)]
+            row[f"gdnc_kv_{where}"] = wall_us(lambda i, cu=cu, slots=slots: gated_delta_net(
+                *xs[i % R], pool, cu, slots[i % R], scale=SCALE, qk_l2norm=True,
+                backend="triton", algorithm="recurrent", out=outs[i % R]))
     if fla_ok:
         fla = "fla" if layout == "kv" else "fla_vfirst"
         calls = [lambda r=r: fla_call(xs[r % R], pool[(r % R) * B:(r % R + 1) * B],
@@ -270,14 +272,6 @@ def decode(bw: float, fla_ok: bool) -> None:
         print(f"{row['B']:<4d} " + " ".join(f"{row.get(c, float('nan')):16.2f}" for c in cols))
 
 
-def chunked_kernel() -> Callable[[GdnLaunch], None] | None:
-    try:
-        return _kernel("triton", "chunked")
-    except Exception as exc:  # any failure means "not there yet"
-        print(f"gdnc chunked kernel unavailable, skipping: {exc}")
-        return None
-
-
 def packed_case(lengths: list[int], layout: str = "kv"):
     gen = torch.Generator(DEV).manual_seed(sum(lengths))
     cu = [0]
@@ -290,9 +284,7 @@ def packed_case(lengths: list[int], layout: str = "kv"):
 
 
 def prefill(fla_ok: bool) -> None:
-    chunked = chunked_kernel()
-    if chunked is None:
-        return
+    chunked = _kernel("triton", "chunked")
     rows = []
     for T in (2048, 4096, 8192, 16384, 32768):
         x, pool, cu, _, launch = packed_case([T])
@@ -308,13 +300,13 @@ def prefill(fla_ok: bool) -> None:
 
 
 def mixed(fla_ok: bool) -> None:
-    chunked = chunked_kernel()
-    if chunked is None:
-        return
     x, pool, cu, o, _ = packed_case([1] * 64 + [1024] * 4)
     cu_t = torch.tensor(cu, device=DEV)
     row = dict(gdnc_api_us=wall_us(lambda i: gated_delta_net(
         *x, pool, cu_t, scale=SCALE, qk_l2norm=True, backend="triton", out=o), calls=50))
+    cu_host = torch.tensor(cu)
+    row["gdnc_api_host_cu_us"] = wall_us(lambda i: gated_delta_net(
+        *x, pool, cu_host, scale=SCALE, qk_l2norm=True, backend="triton", out=o), calls=50)
     if fla_ok:
         row["fla_chunk_all_us"] = wall_us(lambda i: fla_call(x, pool, cu_t, chunk=True), calls=50)
         dec = tuple(t[:64] for t in x)
@@ -327,9 +319,7 @@ def mixed(fla_ok: bool) -> None:
 
 
 def breakeven() -> None:
-    chunked = chunked_kernel()
-    if chunked is None:
-        return
+    chunked = _kernel("triton", "chunked")
     rows = []
     for T in (4, 8, 16, 24, 32, 48, 64, 128):
         launch, launch_vk = (packed_case([T] * 32, layout)[-1] for layout in ("kv", "vk"))

@@ -92,6 +92,15 @@ def _index(values: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 
+def _launch_indices(shp: GdnShapes, seqs: list[int], ins: list[int], outs: list[int],
+                    device: torch.device) -> torch.Tensor:
+    """[4, n] int64 on ``device`` (starts, lengths, in slots, out slots of ``seqs``), built on
+    the host and sent in one transfer."""
+    rows = ([shp.seq_starts[n] for n in seqs], [shp.seq_lens[n] for n in seqs],
+            [ins[n] for n in seqs], [outs[n] for n in seqs])
+    return _index([x for row in rows for x in row], device).view(4, len(seqs))
+
+
 def gated_delta_net(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -162,12 +171,10 @@ def gated_delta_net(
             algo = "chunked" if length >= CHUNKED_MIN_TOKENS[backend] else "recurrent"
         groups.setdefault(algo, []).append(n)
     for algo, seqs in groups.items():
+        starts, lengths, in_index, out_index = _launch_indices(shp, seqs, ins, outs, device)
         _kernel(backend, algo)(GdnLaunch(
             q=q, k=k, v=v, g=g, beta=beta, o=o, state_src=state_src, state_dst=state_pool,
-            starts=_index([shp.seq_starts[n] for n in seqs], device),
-            lengths=_index([shp.seq_lens[n] for n in seqs], device),
-            in_index=_index([ins[n] for n in seqs], device),
-            out_index=_index([outs[n] for n in seqs], device),
+            starts=starts, lengths=lengths, in_index=in_index, out_index=out_index,
             token_states=token_states, shapes=shp, opts=opts,
             max_len=max(shp.seq_lens[n] for n in seqs),
         ))

@@ -7,6 +7,7 @@ token offset is ever truncated to 32 bits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -58,18 +59,33 @@ def _check_shape(name: str, x: torch.Tensor, expected: list[int], what: str) -> 
         raise _fail(name, f"shape {_shape(x)} does not match {what} {expected}")
 
 
-def _check_index(name: str, idx: torch.Tensor | None, N: int, P: int) -> list[int] | None:
+def _check_index(name: str, idx: torch.Tensor | None, N: int) -> None:
     if idx is None:
-        return None
+        return
     if idx.dtype != torch.int64:
         raise _fail(name, f"dtype {idx.dtype} must be torch.int64")
     if _shape(idx) != [N]:
         raise _fail(name, f"shape {_shape(idx)} must be [N] = [{N}]")
-    values = idx.tolist()
-    bad = [s for s in values if s >= P]
+
+
+def _to_host(*tensors: torch.Tensor | None) -> list[list[int] | None]:
+    """The values of 1-D int64 tensors, read back with one device-to-host transfer."""
+    given = [x for x in tensors if x is not None]
+    if len({x.device for x in given}) > 1:
+        values = [v for x in given for v in x.tolist()]
+    else:
+        values = torch.cat(given).tolist() if given else []
+    out: list[list[int] | None] = []
+    for x in tensors:
+        out.append(None if x is None else values[:x.numel()])
+        values = values[x.numel():] if x is not None else values
+    return out
+
+
+def _check_slots(name: str, values: list[int] | None, P: int) -> None:
+    bad = [s for s in values or [] if s >= P]
     if bad:
         raise _fail(name, f"slot {bad[0]} is out of range for a pool of {P} slots")
-    return values
 
 
 def validate(
@@ -137,7 +153,11 @@ def validate(
         raise _fail("cu_seqlens", f"dtype {cu_seqlens.dtype} must be torch.int64")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0:
         raise _fail("cu_seqlens", f"shape {_shape(cu_seqlens)} must be [N+1] with N >= 0")
-    cu = cu_seqlens.tolist()
+    N = cu_seqlens.numel() - 1
+    _check_index("state_in_index", state_in_index, N)
+    _check_index("state_out_index", state_out_index, N)
+    host = _to_host(cu_seqlens, state_in_index, state_out_index)
+    cu, ins, outs = cast(list[int], host[0]), host[1], host[2]
     if cu[0] != 0:
         raise _fail("cu_seqlens", f"must start at 0, starts at {cu[0]}")
     for n in range(len(cu) - 1):
@@ -146,12 +166,11 @@ def validate(
                                       f"{cu[n]} -> {cu[n + 1]}")
     if cu[-1] != T:
         raise _fail("cu_seqlens", f"ends at {cu[-1]} but T_total = {T}")
-    N = len(cu) - 1
 
-    ins = _check_index("state_in_index", state_in_index, N, P)
+    _check_slots("state_in_index", ins, P)
     if ins is None and N > P:
         raise _fail("state_in_index", f"default slots 0..{N - 1} do not fit a pool of {P} slots")
-    outs = _check_index("state_out_index", state_out_index, N, P)
+    _check_slots("state_out_index", outs, P)
     name = "state_out_index" if outs is not None else "state_in_index (the default out slots)"
     seen: set[int] = set()
     for slot in outs if outs is not None else ins or []:
