@@ -73,6 +73,13 @@ def measure(fns: dict[str, Timer], rounds: int, warmup: int = 3) -> dict[str, di
     return out
 
 
+def matmul_gflops(rounds: int) -> float:
+    """GFLOP/s of a 1024^3 fp32 torch matmul: the machine's arithmetic ceiling."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    ms = measure({"mm": lambda i: torch.mm(a, b)}, rounds)["mm"]["median_ms"]
+    return 2 * 1024**3 / ms / 1e6
+
+
 def copy_bandwidth(rounds: int) -> float:
     """GB/s of a 256 MiB torch tensor copy, bytes read + written."""
     src = torch.randn(64 << 20)
@@ -264,7 +271,8 @@ def main() -> None:
     print(f"copy bandwidth {bandwidth:.1f} GB/s", flush=True)
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
-                    "copy_bandwidth_GBps": bandwidth, "torch": torch.__version__,
+                    "copy_bandwidth_GBps": bandwidth,
+                    "matmul_GFLOPs": matmul_gflops(args.rounds), "torch": torch.__version__,
                     "onnxruntime": ort.__version__, "loadavg_at_start": os.getloadavg()},
         "shape": {"HV": HV, "K": K, "V": V, "state": "fp32 kv"},
         "decode": decode(args.rounds, batches, bandwidth),

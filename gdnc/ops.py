@@ -24,7 +24,7 @@ BACKENDS = ("auto", "reference", "cpu", "triton")
 ALGORITHMS = ("auto", "recurrent", "chunked")
 # ``algorithm="auto"``: sequences at least this long run chunked, shorter ones recurrent
 # (break-even measured per backend, see benchmarks/RESULTS.md)
-CHUNKED_MIN_TOKENS = {"cpu": 16, "triton": 32}
+CHUNKED_MIN_TOKENS = {"cpu": 20, "triton": 32}
 
 Kernel = Callable[[GdnLaunch], None]
 

@@ -126,8 +126,9 @@ def _recurrent_kernel(
 def blocks(V: int, vk: bool, wide_decode: bool) -> tuple[int, int]:
     """(BV, num_warps) for value dim V, the pool layout and whether the launch is single-token
     decode over >= 512 (sequence, value head) pairs. Measured on an H100 at K = V = 128
-    (benchmarks/RESULTS_gpu.md): "vk" takes [8, K] tiles on one warp (8 contiguous rows);
-    "kv" takes [K, 16] tiles on one warp, or [K, 64] on 4 warps for wide decode."""
+    (`bench_gpu.py --sweep`; table in benchmarks/RESULTS_gpu.md of commit 8bf178e): "vk"
+    takes [8, K] tiles on one warp (8 contiguous rows); "kv" takes [K, 16] tiles on one warp,
+    or [K, 64] on 4 warps for wide decode."""
     bv, warps = (8, 1) if vk else (64, 4) if wide_decode else (16, 1)
     return min(bv, triton.next_power_of_2(V)), warps
 
