@@ -35,6 +35,7 @@ import triton.language as tl
 
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch
 from gdnc.lowering.gated_delta_net.triton_chunked_prepare import BT, L2NORM_EPS, _prepare_kernel
+from gdnc.lowering.gated_delta_net.triton_program import sequence_program
 
 
 @triton.jit(do_not_specialize=["n_chunks"])
@@ -48,19 +49,8 @@ def _chunk_state_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     INTERLEAVE: tl.constexpr, KDA: tl.constexpr, L2NORM: tl.constexpr, PREC: tl.constexpr,
 ):
-    NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_hv = (pid // NV) % HV
-    i_n = pid // NV // HV
-    if INTERLEAVE:
-        i_h = i_hv // (HV // H)
-    else:
-        i_h = i_hv % H
-    start = tl.load(starts + i_n).to(tl.int64)
-    length = tl.load(lengths + i_n).to(tl.int64)
-    slot_in = tl.load(in_index + i_n).to(tl.int64)
-    slot_out = tl.load(out_index + i_n).to(tl.int64)
+    i_v, i_hv, i_h, i_n, start, length, slot_in, slot_out = sequence_program(
+        starts, lengths, in_index, out_index, H, HV, V, BV, INTERLEAVE)
     wd = w.dtype.element_ty
 
     o_k = tl.arange(0, BK)

@@ -77,6 +77,15 @@ def _rows2d(ptr, rows, m_rows, stride, cols, m_cols):
 
 
 @triton.jit
+def _rows4(ptr, r0, r1, r2, r3, m0, m1, m2, m3, stride, cols, m_cols):
+    """``_rows2d`` of the four row blocks of a chunk, as fp32."""
+    return (_rows2d(ptr, r0, m0, stride, cols, m_cols).to(tl.float32),
+            _rows2d(ptr, r1, m1, stride, cols, m_cols).to(tl.float32),
+            _rows2d(ptr, r2, m2, stride, cols, m_cols).to(tl.float32),
+            _rows2d(ptr, r3, m3, stride, cols, m_cols).to(tl.float32))
+
+
+@triton.jit
 def _store2d(ptr, x, rows, m_rows, stride, cols, m_cols):
     tl.store(ptr + rows[:, None] * stride + cols[None, :], x.to(ptr.dtype.element_ty),
              mask=m_rows[:, None] & m_cols[None, :])
@@ -86,10 +95,7 @@ def _store2d(ptr, x, rows, m_rows, stride, cols, m_cols):
 def _gate_piece(g, r0, r1, r2, r3, m0, m1, m2, m3, o_k, m_k, HVK):
     """KDA: cumulative gates of one K piece for the 4 sub-blocks, and the carries c_b (the
     cumulative gate at the end of sub-block b−1; c4 = the chunk's total)."""
-    g0 = _rows2d(g, r0, m0, HVK, o_k, m_k).to(tl.float32)
-    g1 = _rows2d(g, r1, m1, HVK, o_k, m_k).to(tl.float32)
-    g2 = _rows2d(g, r2, m2, HVK, o_k, m_k).to(tl.float32)
-    g3 = _rows2d(g, r3, m3, HVK, o_k, m_k).to(tl.float32)
+    g0, g1, g2, g3 = _rows4(g, r0, r1, r2, r3, m0, m1, m2, m3, HVK, o_k, m_k)
     c1 = tl.sum(g0, 0)
     c2 = c1 + tl.sum(g1, 0)
     c3 = c2 + tl.sum(g2, 0)
@@ -125,14 +131,8 @@ def _blocks(x, k, g, r0, r1, r2, r3, m0, m1, m2, m3, wd,
     for ic in range(NKC):
         o_k = ic * BKC + tl.arange(0, BKC)
         m_k = o_k < K
-        k0 = _rows2d(k, r0, m0, H * K, o_k, m_k).to(tl.float32)
-        k1 = _rows2d(k, r1, m1, H * K, o_k, m_k).to(tl.float32)
-        k2 = _rows2d(k, r2, m2, H * K, o_k, m_k).to(tl.float32)
-        k3 = _rows2d(k, r3, m3, H * K, o_k, m_k).to(tl.float32)
-        x0 = _rows2d(x, r0, m0, H * K, o_k, m_k).to(tl.float32)
-        x1 = _rows2d(x, r1, m1, H * K, o_k, m_k).to(tl.float32)
-        x2 = _rows2d(x, r2, m2, H * K, o_k, m_k).to(tl.float32)
-        x3 = _rows2d(x, r3, m3, H * K, o_k, m_k).to(tl.float32)
+        k0, k1, k2, k3 = _rows4(k, r0, r1, r2, r3, m0, m1, m2, m3, H * K, o_k, m_k)
+        x0, x1, x2, x3 = _rows4(x, r0, r1, r2, r3, m0, m1, m2, m3, H * K, o_k, m_k)
         nk0, nk1 = nk0 + tl.sum(k0 * k0, 1), nk1 + tl.sum(k1 * k1, 1)
         nk2, nk3 = nk2 + tl.sum(k2 * k2, 1), nk3 + tl.sum(k3 * k3, 1)
         nx0, nx1 = nx0 + tl.sum(x0 * x0, 1), nx1 + tl.sum(x1 * x1, 1)
@@ -344,10 +344,7 @@ def _prepare_kernel(
     for ic in tl.static_range(NKC):
         o_k = ic * BKC + tl.arange(0, BKC)
         m_k = o_k < K
-        x0 = _rows2d(k, r0, m0, H * K, o_k, m_k).to(tl.float32)
-        x1 = _rows2d(k, r1, m1, H * K, o_k, m_k).to(tl.float32)
-        x2 = _rows2d(k, r2, m2, H * K, o_k, m_k).to(tl.float32)
-        x3 = _rows2d(k, r3, m3, H * K, o_k, m_k).to(tl.float32)
+        x0, x1, x2, x3 = _rows4(k, r0, r1, r2, r3, m0, m1, m2, m3, H * K, o_k, m_k)
         if KDA:
             G0, G1, G2, G3, _, _, _, c4 = _gate_piece(g, r0, r1, r2, r3, m0, m1, m2, m3,
                                                       o_k, m_k, HV * K)
@@ -376,10 +373,8 @@ def _prepare_kernel(
     for iv in tl.static_range(NVC):
         o_v = iv * BVC + tl.arange(0, BVC)
         m_v = o_v < V
-        y0 = _rows2d(v, r0, m0, HV * V, o_v, m_v).to(tl.float32) * b0[:, None]
-        y1 = _rows2d(v, r1, m1, HV * V, o_v, m_v).to(tl.float32) * b1[:, None]
-        y2 = _rows2d(v, r2, m2, HV * V, o_v, m_v).to(tl.float32) * b2[:, None]
-        y3 = _rows2d(v, r3, m3, HV * V, o_v, m_v).to(tl.float32) * b3[:, None]
+        y0, y1, y2, y3 = _rows4(v, r0, r1, r2, r3, m0, m1, m2, m3, HV * V, o_v, m_v)
+        y0, y1, y2, y3 = y0 * b0[:, None], y1 * b1[:, None], y2 * b2[:, None], y3 * b3[:, None]
         _store_wy(u, y0, y1, y2, y3, A00, A10, A11, A20, A21, A22, A30, A31, A32, A33,
                   r0, r1, r2, r3, m0, m1, m2, m3, HV * V, o_v, m_v, PREC)
 

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from gdnc.lowering.gated_delta_net.checks import GdnShapes
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
+from gdnc.lowering.gated_delta_net.triton_program import sequence_program
 
 
 @triton.jit
@@ -46,19 +47,8 @@ def _recurrent_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     INTERLEAVE: tl.constexpr, KDA: tl.constexpr, L2NORM: tl.constexpr, VK: tl.constexpr,
 ):
-    NV: tl.constexpr = (V + BV - 1) // BV
-    pid = tl.program_id(0).to(tl.int64)
-    i_v = pid % NV
-    i_n = pid // NV // HV
-    i_hv = (pid // NV) % HV
-    if INTERLEAVE:
-        i_h = i_hv // (HV // H)
-    else:
-        i_h = i_hv % H
-    start = tl.load(starts + i_n).to(tl.int64)
-    length = tl.load(lengths + i_n).to(tl.int64)
-    slot_in = tl.load(in_index + i_n).to(tl.int64)
-    slot_out = tl.load(out_index + i_n).to(tl.int64)
+    i_v, i_hv, i_h, i_n, start, length, slot_in, slot_out = sequence_program(
+        starts, lengths, in_index, out_index, H, HV, V, BV, INTERLEAVE)
 
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
