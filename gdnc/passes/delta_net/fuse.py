@@ -87,13 +87,23 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
         g.value(log_gate).dtype, g.value(log_gate).shape = g.value(gate).dtype, g.value(gate).shape
         gate = log_gate
     state = "" if is_zero_const(g, first.prev) else first.prev
+    final = last.new
+    if batch_dims == 0:  # one unbatched sequence: the node's state is [N = 1, HV, ...]
+        state = state and _unsqueeze(g, state, 0, opset, position)
+        final = g.fresh_name(f"{name}_state")
     o_full = g.fresh_name(f"{name}_o")
     attrs = GdnAttrs(scale=1.0, state_layout=first.layout)
     g.add_node(
-        Node(fused_op.OP_TYPE, [q, k, v, gate, beta, state], [o_full, last.new],
+        Node(fused_op.OP_TYPE, [q, k, v, gate, beta, state], [o_full, final],
              domain=fused_op.DOMAIN, attrs=make_attrs(**attrs.to_onnx()), name=name),
         position,
     )
+    if batch_dims == 0:
+        g.value(final).dtype = state_meta[0]
+        g.value(final).shape = None if state_meta[1] is None else (1, *state_meta[1])
+        squeeze_axes = [g.constant(np.array([0], dtype=np.int64), "gdn_axis")] if opset >= 13 else []
+        g.add_node(Node("Squeeze", [final, *squeeze_axes], [last.new],
+                        attrs={} if opset >= 13 else make_attrs(axes=[0])), position)
     g.value(last.new).dtype, g.value(last.new).shape = state_meta
     v_shape = static_shape(g, v)
     g.value(o_full).dtype = g.value(v).dtype

@@ -1,0 +1,41 @@
+"""Test helper: copy a GGUF file through the ``gguf`` package's writer with edits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf.quants import quantize
+
+
+def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
+            tensors: Mapping[str, np.ndarray] | None = None, drop: tuple[str, ...] = (),
+            qtype: GGMLQuantizationType | None = None) -> Path:
+    """Write ``dst``: ``src`` with the architecture renamed (keys re-prefixed), tensors replaced
+    or dropped, and every 2-D weight quantized to ``qtype`` when given."""
+    reader = GGUFReader(src)
+    old_arch = str(reader.fields["general.architecture"].contents())
+    new_arch = arch or old_arch
+    writer = GGUFWriter(dst, new_arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        key = new_arch + name[len(old_arch):] if name.startswith(old_arch + ".") else name
+        vtype = field.types[0]
+        sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), vtype, sub)
+    for t in reader.tensors:
+        if t.name in drop:
+            continue
+        data = np.asarray((tensors or {}).get(t.name, t.data), dtype=np.float32)
+        if qtype is not None and data.ndim >= 2 and data.shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0:
+            writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(t.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(dst)

@@ -1,0 +1,135 @@
+"""GGUF hybrids end to end against the fixtures llama.cpp's converter wrote (HF logits).
+
+Unfused graph and fused graph (the fusion pass run on it) both match HF transformers' fp32
+logits; prefill-then-decode matches the one-shot logits; bad files are one-line errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+from gdnc.errors import InputError, ModelLoadError
+from gdnc.frontends.gguf_file import GgufFile
+from gdnc.frontends.hybrid_graph import Composition
+from gdnc.runtime.hybrid_runner import HybridRunner
+from tests.frontends.gguf_rewrite import rewrite
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
+MAX_ABS = 1e-4  # fixture README: F32 implementation vs hf_*
+
+
+def gguf_path(arch: str) -> Path:
+    return FIXTURES / f"{arch}-fixture-f32.gguf"
+
+
+def reference(arch: str) -> dict[str, np.ndarray]:
+    return dict(np.load(FIXTURES / f"{arch}-fixture-ref.npz"))
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request) -> str:
+    if not gguf_path(request.param).exists():
+        pytest.fail(f"fixture {gguf_path(request.param)} is missing")
+    return request.param
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+@pytest.mark.parametrize("prompt", [0, 1])
+def test_logits_match_hf(arch, prompt, fused):
+    ref = reference(arch)
+    runner = HybridRunner(str(gguf_path(arch)), fused=fused)
+    logits, state = runner.forward(ref[f"prompt{prompt}"], runner.new_state())
+    want = ref[f"hf_{prompt}"]
+    assert np.abs(logits.numpy() - want).max() <= MAX_ABS
+    assert (logits.numpy().argmax(-1) == want.argmax(-1)).all()
+    assert state.n_past == len(want)
+
+
+def test_fusion_makes_one_node_per_recurrent_layer(arch):
+    T = 12
+    unfused = HybridRunner(str(gguf_path(arch)), fused=False)
+    fused = HybridRunner(str(gguf_path(arch)), fused=True)
+    graph = fused.executor(Composition(T)).model.graph
+    n_recurrent = sum(fused.cfg.recurrent)
+    assert graph.op_histogram().get("ai.gdnc::GatedDeltaNet") == n_recurrent
+    gdn = [n for _, n in graph.nodes() if n.op_type == "GatedDeltaNet"]
+    assert {n.attr("head_map") for n in gdn} == {fused.cfg.head_map}
+    assert all(n.attr("qk_l2norm") == 1 for n in gdn)
+    assert fused.graph_nodes(Composition(T)) < unfused.graph_nodes(Composition(T)) / 3
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_prefill_then_decode_matches_one_shot(arch, fused):
+    """Conv states, delta-net states and KV caches carried across calls."""
+    ref = reference(arch)
+    tokens, want = ref["prompt1"], ref["hf_1"]
+    runner = HybridRunner(str(gguf_path(arch)), fused=fused)
+    logits, state = runner.forward(tokens[:60], runner.new_state())
+    rows = [logits.numpy()]
+    for t in range(60, 66):
+        logits, state = runner.forward(tokens[t:t + 1], state)
+        rows.append(logits.numpy())
+    logits, state = runner.forward(tokens[66:], state)
+    rows.append(logits.numpy())
+    assert np.abs(np.concatenate(rows) - want).max() <= MAX_ABS
+
+
+def test_q8_0_file_loads_and_fused_equals_unfused(tmp_path):
+    path = rewrite(gguf_path("qwen35"), tmp_path / "q8.gguf", qtype=GGMLQuantizationType.Q8_0)
+    types = set(GgufFile(path).tensor_types().values())
+    assert "Q8_0" in types
+    ref = reference("qwen35")
+    out = {}
+    for fused in (False, True):
+        runner = HybridRunner(str(path), fused=fused)
+        out[fused] = runner.forward(ref["prompt1"], runner.new_state())[0].numpy()
+    assert np.abs(out[True] - out[False]).max() <= MAX_ABS
+    rel = np.linalg.norm(out[True] - ref["hf_1"]) / np.linalg.norm(ref["hf_1"])
+    assert 1e-5 < rel < 5e-2  # quantized, yet close to the F32 model
+
+
+def _one_line_error(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_other_architecture_is_refused(tmp_path):
+    path = rewrite(gguf_path("qwen35"), tmp_path / "llama.gguf", arch="llama")
+    with pytest.raises(ModelLoadError) as exc:
+        HybridRunner(str(path))
+    assert "architecture 'llama' is not supported" in _one_line_error(exc)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    data = gguf_path("qwen35").read_bytes()
+    for cut in (10, 1000, len(data) // 2, len(data) - 7):
+        path = tmp_path / f"cut{cut}.gguf"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ModelLoadError) as exc:
+            HybridRunner(str(path)).forward([1, 2], HybridRunner(str(gguf_path("qwen35"))).new_state())
+        assert str(path) in _one_line_error(exc)
+
+
+def test_wrong_tensor_shape_and_missing_tensor_are_refused(tmp_path):
+    name = "blk.1.attn_gate.weight"
+    wrong = np.zeros((96, 95), dtype=np.float32) + 0.5
+    path = rewrite(gguf_path("qwen35"), tmp_path / "shape.gguf", tensors={name: wrong})
+    with pytest.raises(ModelLoadError) as exc:
+        HybridRunner(str(path)).executor(Composition(3))
+    assert f"tensor '{name}' has shape [96, 95], expected [96, 96]" in _one_line_error(exc)
+    path = rewrite(gguf_path("qwen35"), tmp_path / "drop.gguf", drop=("blk.2.ssm_out.weight",))
+    with pytest.raises(ModelLoadError) as exc:
+        HybridRunner(str(path)).executor(Composition(3))
+    assert "tensor 'blk.2.ssm_out.weight' is missing" in _one_line_error(exc)
+
+
+def test_out_of_range_tokens_are_refused():
+    runner = HybridRunner(str(gguf_path("qwen35")))
+    with pytest.raises(InputError, match="tokens: need >= 1 id in 0..383, got 384"):
+        runner.forward([1, 384], runner.new_state())
