@@ -144,6 +144,37 @@ def ops(as_json: bool = typer.Option(False, "--json")) -> None:
     out.print(table)
 
 
+@app.command()
+def logits(
+    model: Path = typer.Argument(..., help="GGUF model (qwen35, qwen35moe, qwen3next)"),
+    tokens: str = typer.Option(..., "--tokens", help='token ids, e.g. "1 2 3"'),
+    output: Path = typer.Option(..., "-o", "--output", help=".npy file: float32 [T, n_vocab]"),
+    fused_gdn: str = typer.Option("on", "--fused-gdn", help="on: fused GatedDeltaNet, off: unfused"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
+    import numpy as np
+
+    from gdnc.errors import InputError
+    from gdnc.runtime.hybrid_runner import HybridRunner
+
+    if fused_gdn not in ("on", "off"):
+        raise InputError(f"--fused-gdn: {fused_gdn!r} is not 'on' or 'off'")
+    try:
+        ids = [int(t) for t in tokens.replace(",", " ").split()]
+    except ValueError as exc:
+        raise InputError(f"--tokens: {tokens!r} is not a list of integers") from exc
+    runner = HybridRunner(str(model), fused=fused_gdn == "on", device=device)
+    result = runner.forward(ids, runner.new_state())[0].float().cpu().numpy()
+    _save_atomic(output, lambda tmp: np.save(tmp, result), ".npy")
+    if as_json:
+        out.print_json(json.dumps({"output": str(output), "shape": list(result.shape),
+                                   "fused_gdn": fused_gdn, "argmax": result.argmax(-1).tolist()}))
+    else:
+        out.print(f"wrote {output}: float32 {list(result.shape)} (fused GatedDeltaNet {fused_gdn})")
+
+
 def _load_npz(path: Path) -> dict:
     import zipfile
 
@@ -159,14 +190,19 @@ def _load_npz(path: Path) -> dict:
 
 
 def _save_npz(path: Path, arrays: dict) -> None:
-    import tempfile
-
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent or ".")
+    _save_atomic(path, lambda tmp: np.savez(tmp, **arrays), ".npz")
+
+
+def _save_atomic(path: Path, write, suffix: str) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

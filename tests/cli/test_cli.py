@@ -90,3 +90,32 @@ def test_dump_after_writes_the_stage_graph(unfused, tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     dumped = onnx.load(str(tmp_path / "after-fuse.onnx"))
     assert any(n.op_type == "GatedDeltaNet" for n in dumped.graph.node)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
+
+
+@pytest.mark.parametrize("fused", ["on", "off"])
+def test_logits_of_a_gguf_model_match_hf(tmp_path, fused) -> None:
+    ref = np.load(FIXTURES / "qwen35moe-fixture-ref.npz")
+    out = tmp_path / "logits.npy"
+    tokens = " ".join(map(str, ref["prompt0"]))
+    proc = gdnc("logits", FIXTURES / "qwen35moe-fixture-f32.gguf", "--tokens", tokens, "-o", out,
+                "--fused-gdn", fused, "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(out)
+    assert got.dtype == np.float32 and np.abs(got - ref["hf_0"]).max() <= 1e-4
+    assert json.loads(proc.stdout)["argmax"] == ref["hf_0"].argmax(-1).tolist()
+
+
+def test_logits_errors_are_one_line_and_write_nothing(tmp_path) -> None:
+    model = FIXTURES / "qwen35-fixture-f32.gguf"
+    out = tmp_path / "l.npy"
+    for args, needle in [
+        ((model, "--tokens", "1 x"), "is not a list of integers"),
+        ((model, "--tokens", "1 384"), "got 384"),
+        ((model, "--tokens", "1", "--fused-gdn", "maybe"), "is not 'on' or 'off'"),
+        ((tmp_path / "missing.gguf", "--tokens", "1"), "no such file"),
+    ]:
+        _one_line_error(gdnc("logits", *args, "-o", out), needle)
+        assert not out.exists() and not list(tmp_path.glob(".l.npy*"))

@@ -18,7 +18,7 @@ from gdnc.frontends.hybrid_graph import Composition
 from gdnc.runtime.hybrid_runner import HybridRunner
 from tests.frontends.gguf_rewrite import rewrite
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
 MAX_ABS = 1e-4  # fixture README: F32 implementation vs hf_*
 
