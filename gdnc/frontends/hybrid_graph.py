@@ -78,12 +78,12 @@ def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int, T: int) ->
     state = e.input(f"conv_state.{i}", FLOAT, [C - 1, ch])
     xs = e.concat([state, x], 0)
     weight = w(f"blk.{i}.ssm_conv1d.weight", ch, C)
-    y = None
-    for j in range(C):
-        tap = e.op("Mul", e.slice(xs, 0, j, j + T), e.weight(f"blk.{i}.conv_tap{j}", weight[:, j]))
-        y = tap if y is None else e.op("Add", y, tap)
-    new_state = e.slice(xs, 0, T, T + C - 1)
-    return e.silu(y), new_state  # type: ignore[arg-type]
+    taps = [e.op("Mul", e.slice(xs, 0, j, j + T), e.weight(f"blk.{i}.conv_tap{j}", weight[:, j]))
+            for j in range(C)]
+    y = taps[0]
+    for tap in taps[1:]:
+        y = e.op("Add", y, tap)
+    return e.silu(y), e.slice(xs, 0, T, T + C - 1)
 
 
 def _delta_net(e: Emit, c: HybridConfig, q: str, k: str, v: str, g: str, beta: str, i: int,

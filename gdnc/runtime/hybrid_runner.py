@@ -1,8 +1,9 @@
 """Run a GGUF hybrid model one sequence at a time: prefill, then decode, state carried along.
 
-A graph is built per composition (T new tokens after n_past), fused through the pass when
-asked, and cached; the sequence's recurrent states, conv states and KV caches live in a
-``SequenceState`` between calls.
+A graph is built per composition (T new tokens after n_past: positions and the causal mask
+are graph constants), fused through the pass when asked, and kept in a small LRU cache (each
+decode step is a new composition until positions become graph inputs); the sequence's
+recurrent states, conv states and KV caches live in a ``SequenceState`` between calls.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
 from gdnc.frontends.hybrid_graph import Composition, build_unfused
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
+
+CACHED_GRAPHS = 8
 
 
 @dataclass
@@ -44,11 +47,15 @@ class HybridRunner:
         self.cfg = hybrid_config(self.file)
 
     def executor(self, comp: Composition) -> Executor:
-        if comp not in self._executors:
+        if comp in self._executors:
+            self._executors[comp] = self._executors.pop(comp)  # most recently used last
+        else:
             model = build_unfused(self.file, comp, self.cfg)
             if self.fused:
                 fuse_model(model)
             self._executors[comp] = Executor(model, self.device)
+            while len(self._executors) > CACHED_GRAPHS:
+                del self._executors[next(iter(self._executors))]
         return self._executors[comp]
 
     def graph_nodes(self, comp: Composition) -> int:

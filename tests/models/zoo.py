@@ -397,28 +397,11 @@ def _export_loop_cached(
     )
 
 
-def export_hf(
-    tmp_dir: str | os.PathLike | None = None,
-    *,
-    T: int,
-    exporter: Exporter = "dynamo",
-    l2norm: bool = True,
-    gva: bool = False,
-    B: int = 2,
-    H: int = 2,
-    K: int = 8,
-    V: int = 8,
-    with_initial_state: bool = False,
-    seed: int = 0,
-) -> ZooModel:
-    """Export HF's per-token loop. ``gva`` -> HV = 2H (HF repeat_interleaves q, k itself)."""
-    _check_exporter(exporter)
-    return _finish(
-        _export_loop_cached(
-            "hf", T, exporter, bool(l2norm), bool(gva), B, H, K, V, bool(with_initial_state), seed
-        ),
-        tmp_dir,
-    )
+def export_hf(tmp_dir: str | os.PathLike | None = None, *, l2norm: bool = True,
+              **kwargs: Any) -> ZooModel:
+    """Export HF's per-token loop. ``gva`` -> HV = 2H (HF repeat_interleaves q, k itself);
+    other arguments as :func:`export_variant`."""
+    return export_variant(tmp_dir, name="hf", l2norm=l2norm, **kwargs)
 
 
 # --------------------------------------------------------------------------- variants
@@ -439,9 +422,9 @@ def export_variant(
     with_initial_state: bool = False,
     seed: int = 0,
 ) -> ZooModel:
-    """Export one spelling variant (see :data:`VARIANT_NAMES`)."""
+    """Export one spelling variant (see :data:`VARIANT_NAMES`), or "hf": HF's own loop."""
     _check_exporter(exporter)
-    if name not in VARIANTS:
+    if name != "hf" and name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; known: {VARIANT_NAMES}")
     return _finish(
         _export_loop_cached(

@@ -76,9 +76,11 @@ def _to_host(*tensors: torch.Tensor | None) -> list[list[int] | None]:
     else:
         values = torch.cat(given).tolist() if given else []
     out: list[list[int] | None] = []
+    pos = 0
     for x in tensors:
-        out.append(None if x is None else values[:x.numel()])
-        values = values[x.numel():] if x is not None else values
+        n = 0 if x is None else x.numel()
+        out.append(None if x is None else values[pos:pos + n])
+        pos += n
     return out
 
 
