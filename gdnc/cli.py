@@ -157,7 +157,7 @@ def logits(
     import numpy as np
 
     from gdnc.errors import InputError
-    from gdnc.runtime.hybrid_runner import HybridRunner
+    from gdnc.runtime.hybrid_runner import HybridModel
 
     if fused_gdn not in ("on", "off"):
         raise InputError(f"--fused-gdn: {fused_gdn!r} is not 'on' or 'off'")
@@ -165,8 +165,8 @@ def logits(
         ids = [int(t) for t in tokens.replace(",", " ").split()]
     except ValueError as exc:
         raise InputError(f"--tokens: {tokens!r} is not a list of integers") from exc
-    runner = HybridRunner(str(model), fused=fused_gdn == "on", device=device)
-    result = runner.forward(ids, runner.new_state())[0].float().cpu().numpy()
+    runner = HybridModel(str(model), fused=fused_gdn == "on", device=device)
+    result = runner.logits(ids).float().cpu().numpy()
     _save_atomic(output, lambda tmp: np.save(tmp, result), ".npy")
     if as_json:
         out.print_json(json.dumps({"output": str(output), "shape": list(result.shape),

@@ -1,14 +1,39 @@
 """Build a Gated-DeltaNet hybrid (qwen35, qwen35moe, qwen3next) from GGUF as an unfused graph.
 
-The graph runs one sequence of T new tokens after ``n_past`` cached ones, in the IR's ONNX op
-vocabulary, with the delta net spelled out token by token as llama.cpp's unfused path does
-(SPEC §3.2); the fusion pass turns each layer's chain into one ``GatedDeltaNet`` node.
+One graph runs one *batch*: N sequences with T_n new tokens each, packed in order (T tokens in
+all), every sequence reading and writing its own slot of the state pools. The graph is in the
+IR's ONNX op vocabulary with the delta net spelled out token by token and sequence by
+sequence, as llama.cpp's unfused path does (SPEC §3.2): sequence n reads its state row
+``Gather(pool, state_slots[n])``, runs one step per token on rows ``cu[n] + t`` of the packed
+q/k/v/g/beta, and scatters its final state back (``ScatterND``). The fusion pass turns each
+layer's N chains into ONE multi-sequence ``GatedDeltaNet`` node.
 
-Graph inputs: ``tokens`` int64 [T]; per recurrent layer l ``ssm_state.l`` [HV, K, V] and
-``conv_state.l`` [kernel-1, channels]; per attention layer ``k_cache.l`` / ``v_cache.l``
-[n_past, n_head_kv, head_dim]. Outputs: ``logits`` [T, n_vocab] and the same states/caches
-after the T tokens (suffix ``.out``). Positions are n_past .. n_past+T-1 (RoPE and the
-causal mask are constants of the graph).
+Only the delta-net chains depend on the composition (the lengths T_n); every other part reads
+the batch layout from index inputs that the runtime computes (as llama.cpp's graph inputs
+do), so a fused graph serves every composition once ``lift_composition`` has turned its
+``cu_seqlens`` constant into an input.
+
+Inputs (P pool slots, C conv kernel, n_ctx cache positions per slot, R keys attended):
+
+====================  ==========================  ==========================================
+name                  shape / dtype               meaning
+====================  ==========================  ==========================================
+tokens                [T] int64                   token ids, packed by sequence
+positions             [T] int64                   position of each token in its sequence
+state_slots           [N] int64                   pool slot of each sequence (read + write)
+conv_rows             [T, C] int64                rows of [conv rows of the batch (N*(C-1));
+                                                  the T new inputs] under each token's window
+conv_state_rows       [N, C-1] int64              the same rows forming each new conv state
+kv_write              [T, 2] int64                (slot, position) receiving each token's k/v
+kv_read               [R] int64                   flat rows slot*n_ctx + position attended
+kv_mask               [T, R] float32              0 where token t sees key r, -inf elsewhere
+logit_rows            [O] int64                   the token rows whose logits are wanted
+ssm_state.l           [P, HV, K, V] float32       recurrent layer l's delta-net states
+conv_state.l          [P, C-1, channels] float32  its conv states
+k_cache.l, v_cache.l  [P, n_ctx, n_kv, hd]        attention layer l's KV cache
+====================  ==========================  ==========================================
+
+Outputs: ``logits`` [O, n_vocab], then every pool after the batch (name + ``.out``).
 """
 
 from __future__ import annotations
@@ -17,21 +42,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc.errors import ModelLoadError
+from gdnc import fused_op
+from gdnc.errors import ModelLoadError, RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
-from gdnc.ir.graph import Model
+from gdnc.ir.graph import Model, Value
 
 L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
+CU_SEQLENS = "cu_seqlens"
+BATCH_INPUTS = ("tokens", "positions", "state_slots", "conv_rows", "conv_state_rows", "kv_write",
+                "kv_read", "kv_mask", "logit_rows")
 
 
 @dataclass(frozen=True)
 class Composition:
-    """What one graph computes: T new tokens after n_past cached ones (one sequence)."""
+    """The new-token counts of the sequences of one batch, in packing order."""
 
-    n_tokens: int
-    n_past: int = 0
+    lengths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, *lengths: int) -> Composition:
+        return cls(tuple(int(n) for n in lengths))
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.lengths)
+
+    @property
+    def cu_seqlens(self) -> list[int]:
+        return [0, *np.cumsum(self.lengths).tolist()]
 
 
 class HybridWeights:
@@ -72,49 +112,55 @@ def _repeat_heads(e: Emit, x: str, c: HybridConfig) -> str:
     return e.reshape(x, [-1, H * r, K])
 
 
-def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int, T: int) -> tuple[str, str]:
-    """Causal depthwise conv over [conv state; x] then SiLU; returns (y [T, ch], new state)."""
+def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
+    """Causal depthwise conv of x [T, ch] over each sequence's [conv state; new inputs], then
+    SiLU; the new conv states are scattered back into the pool."""
     C, ch = c.conv_kernel, c.conv_channels
-    state = e.input(f"conv_state.{i}", FLOAT, [C - 1, ch])
-    xs = e.concat([state, x], 0)
+    pool = e.input(f"conv_state.{i}", FLOAT, ["P", C - 1, ch])
+    slots = "state_slots"
+    rows = e.reshape(e.op("Gather", pool, slots, axis=0), [-1, ch])  # [N*(C-1), ch]
+    xs = e.concat([rows, x], 0)
+    windows = e.op("Gather", xs, "conv_rows", axis=0)  # [T, C, ch]
     weight = w(f"blk.{i}.ssm_conv1d.weight", ch, C)
-    taps = [e.op("Mul", e.slice(xs, 0, j, j + T), e.weight(f"blk.{i}.conv_tap{j}", weight[:, j]))
-            for j in range(C)]
-    y = taps[0]
-    for tap in taps[1:]:
-        y = e.op("Add", y, tap)
-    return e.silu(y), e.slice(xs, 0, T, T + C - 1)
+    y = e.reduce("ReduceSum", e.op("Mul", windows, e.weight(f"blk.{i}.ssm_conv1d", weight.T)), 1,
+                 keepdims=0)
+    new_state = e.op("Gather", xs, "conv_state_rows", axis=0)  # [N, C-1, ch]
+    e.output(e.op("ScatterND", pool, e.unsqueeze(slots, 1), new_state), f"conv_state.{i}.out")
+    return e.silu(y)
 
 
-def _delta_net(e: Emit, c: HybridConfig, q: str, k: str, v: str, g: str, beta: str, i: int,
-               T: int) -> str:
-    """The recurrence token by token (HF's torch_recurrent_gated_delta_rule); o [T, HV, V]."""
+def _delta_net(e: Emit, c: HybridConfig, fields: tuple[str, ...], i: int, comp: Composition) -> str:
+    """HF's torch_recurrent_gated_delta_rule per sequence and token on rows of the packed
+    (q, k, v, g, beta); o [T, HV, V]."""
     HV, K, V = c.n_v_heads, c.k_dim, c.v_dim
-    S = e.input(f"ssm_state.{i}", FLOAT, [HV, K, V])
-    outs = []
-    for t in range(T):
-        q_t, k_t, v_t = (e.gather(x, t, 0) for x in (q, k, v))  # [HV, K], [HV, K], [HV, V]
-        decay = e.unsqueeze(e.unsqueeze(e.op("Exp", e.gather(g, t, 0)), 1), 2)  # [HV, 1, 1]
-        b_t = e.unsqueeze(e.gather(beta, t, 0), 1)  # [HV, 1]
-        S = e.op("Mul", S, decay)
-        k_col = e.unsqueeze(k_t, 2)  # [HV, K, 1]
-        kv_mem = e.reduce("ReduceSum", e.op("Mul", S, k_col), 1, keepdims=0)  # [HV, V]
-        d = e.op("Mul", e.op("Sub", v_t, kv_mem), b_t)
-        S = e.op("Add", S, e.op("Mul", k_col, e.unsqueeze(d, 1)))
-        o_t = e.reduce("ReduceSum", e.op("Mul", S, e.unsqueeze(q_t, 2)), 1, keepdims=0)
-        outs.append(e.unsqueeze(o_t, 0))
-    e.output(S, f"ssm_state.{i}.out")
+    pool = e.input(f"ssm_state.{i}", FLOAT, ["P", HV, K, V])
+    written, outs = pool, []
+    for n, (start, length) in enumerate(zip(comp.cu_seqlens, comp.lengths)):
+        slot = e.gather("state_slots", n, 0)
+        S = e.op("Gather", pool, slot, axis=0)  # [HV, K, V]
+        for r in range(start, start + length):
+            q_t, k_t, v_t, g_t, b_t = (e.gather(x, r, 0) for x in fields)
+            decay = e.unsqueeze(e.unsqueeze(e.op("Exp", g_t), 1), 2)  # [HV, 1, 1]
+            S = e.op("Mul", S, decay)
+            k_col = e.unsqueeze(k_t, 2)  # [HV, K, 1]
+            kv_mem = e.reduce("ReduceSum", e.op("Mul", S, k_col), 1, keepdims=0)  # [HV, V]
+            d = e.op("Mul", e.op("Sub", v_t, kv_mem), e.unsqueeze(b_t, 1))
+            S = e.op("Add", S, e.op("Mul", k_col, e.unsqueeze(d, 1)))
+            o_t = e.reduce("ReduceSum", e.op("Mul", S, e.unsqueeze(q_t, 2)), 1, keepdims=0)
+            outs.append(e.unsqueeze(o_t, 0))
+        written = e.op("ScatterND", written, e.reshape(slot, [1, 1]), e.unsqueeze(S, 0))
+    e.output(written, f"ssm_state.{i}.out")
     return e.concat(outs, 0)
 
 
-def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int, T: int) -> str:
+def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
+                     comp: Composition) -> str:
     E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
     ch = c.conv_channels
     qkv = e.matmul_t(h, w(f"blk.{i}.attn_qkv.weight", ch, E), f"blk.{i}.attn_qkv")
     z = e.matmul_t(h, w(f"blk.{i}.attn_gate.weight", HV * V, E), f"blk.{i}.attn_gate")
     b, a = _ssm_ba(e, w, c, h, i)
-    x, conv_state = _conv(e, w, c, qkv, i, T)
-    e.output(conv_state, f"conv_state.{i}.out")
+    x = _conv(e, w, c, qkv, i)
     q = e.l2_norm(e.reshape(e.slice(x, 1, 0, H * K), [-1, H, K]), L2NORM_EPS)
     k = e.l2_norm(e.reshape(e.slice(x, 1, H * K, 2 * H * K), [-1, H, K]), L2NORM_EPS)
     v = e.reshape(e.slice(x, 1, 2 * H * K, ch), [-1, HV, V])
@@ -123,20 +169,17 @@ def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
     dt_bias = e.weight(f"blk.{i}.ssm_dt.bias", w(f"blk.{i}.ssm_dt.bias", HV))
     ssm_a = e.weight(f"blk.{i}.ssm_a", w(f"blk.{i}.ssm_a", HV))
     g = e.op("Mul", ssm_a, e.op("Softplus", e.op("Add", a, dt_bias)))  # log decay [T, HV]
-    o = _delta_net(e, c, q, k, v, g, e.op("Sigmoid", b), i, T)
+    o = _delta_net(e, c, (q, k, v, g, e.op("Sigmoid", b)), i, comp)
     o = e.rms_norm(o, w(f"blk.{i}.ssm_norm.weight", V), c.eps, f"blk.{i}.ssm_norm")
     o = e.op("Mul", o, e.silu(e.reshape(z, [-1, HV, V])))
     return e.matmul_t(e.reshape(o, [-1, HV * V]), w(f"blk.{i}.ssm_out.weight", E, HV * V),
                       f"blk.{i}.ssm_out")
 
 
-def _rope(e: Emit, x: str, c: HybridConfig, comp: Composition) -> str:
+def _rope(e: Emit, x: str, c: HybridConfig, angles: tuple[str, str]) -> str:
     """NeoX rotation of the first rope_dim dims of x [T, heads, head_dim]."""
-    rd, T = c.rope_dim, comp.n_tokens
-    inv = c.rope_base ** (-np.arange(0, rd, 2, dtype=np.float64) / rd)
-    ang = np.arange(comp.n_past, comp.n_past + T, dtype=np.float64)[:, None] * inv[None, :]
-    cos = e.const(np.cos(ang)[:, None, :], np.float32)  # [T, 1, rd/2]
-    sin = e.const(np.sin(ang)[:, None, :], np.float32)
+    rd = c.rope_dim
+    cos, sin = angles  # [T, 1, rd/2]
     x1, x2 = e.slice(x, 2, 0, rd // 2), e.slice(x, 2, rd // 2, rd)
     r1 = e.op("Sub", e.op("Mul", x1, cos), e.op("Mul", x2, sin))
     r2 = e.op("Add", e.op("Mul", x2, cos), e.op("Mul", x1, sin))
@@ -144,10 +187,18 @@ def _rope(e: Emit, x: str, c: HybridConfig, comp: Composition) -> str:
     return e.concat(parts, 2)
 
 
+def _rope_angles(e: Emit, c: HybridConfig) -> tuple[str, str]:
+    """cos and sin [T, 1, rope_dim/2] of ``positions`` (fp32, as llama.cpp and HF)."""
+    rd = c.rope_dim
+    inv = (c.rope_base ** (-np.arange(0, rd, 2, dtype=np.float64) / rd)).astype(np.float32)
+    pos = e.unsqueeze(e.op("Cast", "positions", to=FLOAT), 1)  # [T, 1]
+    ang = e.unsqueeze(e.op("Mul", pos, e.const(inv, np.float32)), 1)
+    return e.op("Cos", ang), e.op("Sin", ang)
+
+
 def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
-                     comp: Composition) -> str:
+                     angles: tuple[str, str]) -> str:
     E, nh, nkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
-    T, n_past = comp.n_tokens, comp.n_past
     qg = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_q.weight", 2 * nh * hd, E), f"blk.{i}.attn_q"),
                    [-1, nh, 2 * hd])
     q, gate = e.slice(qg, 2, 0, hd), e.slice(qg, 2, hd, 2 * hd)
@@ -156,22 +207,21 @@ def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
     v = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_v.weight", nkv * hd, E), f"blk.{i}.attn_v"),
                   [-1, nkv, hd])
     q = _rope(e, e.rms_norm(q, w(f"blk.{i}.attn_q_norm.weight", hd), c.eps, f"blk.{i}.q_norm"),
-              c, comp)
+              c, angles)
     k = _rope(e, e.rms_norm(k, w(f"blk.{i}.attn_k_norm.weight", hd), c.eps, f"blk.{i}.k_norm"),
-              c, comp)
-    caches = []
+              c, angles)
+    keys = []
     for name, new in (("k_cache", k), ("v_cache", v)):
-        past = e.input(f"{name}.{i}", FLOAT, [n_past, nkv, hd])
-        full = e.op("Concat", past, new, axis=0)  # [n_past+T, nkv, hd]
+        pool = e.input(f"{name}.{i}", FLOAT, ["P", "n_ctx", nkv, hd])
+        full = e.op("ScatterND", pool, "kv_write", new)  # [P, n_ctx, nkv, hd]
         e.output(full, f"{name}.{i}.out")
-        caches.append(full)
+        keys.append(e.op("Gather", e.reshape(full, [-1, nkv, hd]), "kv_read", axis=0))  # [R, nkv, hd]
     rep = nh // nkv  # query head j reads kv head j // rep
     kf, vf = (e.reshape(e.op("Expand", e.unsqueeze(x, 2), e.const([1, 1, rep, 1])),
-                        [-1, nh, hd]) for x in caches)
+                        [-1, nh, hd]) for x in keys)
     scores = e.op("MatMul", e.op("Transpose", q, perm=[1, 0, 2]), e.op("Transpose", kf, perm=[1, 2, 0]))
-    scores = e.op("Mul", scores, e.const(hd ** -0.5, np.float32))  # [nh, T, n_past+T]
-    mask = np.where(np.arange(n_past + T)[None, :] <= n_past + np.arange(T)[:, None], 0.0, -np.inf)
-    probs = e.op("Softmax", e.op("Add", scores, e.const(mask, np.float32)), axis=-1)
+    scores = e.op("Mul", scores, e.const(hd ** -0.5, np.float32))  # [nh, T, R]
+    probs = e.op("Softmax", e.op("Add", scores, "kv_mask"), axis=-1)
     o = e.op("Transpose", e.op("MatMul", probs, e.op("Transpose", vf, perm=[1, 0, 2])), perm=[1, 0, 2])
     o = e.op("Mul", o, e.op("Sigmoid", gate))
     return e.matmul_t(e.reshape(o, [-1, nh * hd]), w(f"blk.{i}.attn_output.weight", E, nh * hd),
@@ -216,30 +266,73 @@ def _ffn(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
                    w(f"blk.{i}.ffn_down.weight", E, ff), f"blk.{i}.ffn")
 
 
+def _batch_inputs(e: Emit, c: HybridConfig, comp: Composition) -> None:
+    T, N, C = comp.n_tokens, len(comp.lengths), c.conv_kernel
+    shapes: dict[str, list[int | str]] = {
+        "tokens": [T], "positions": [T], "state_slots": [N], "conv_rows": [T, C],
+        "conv_state_rows": [N, C - 1], "kv_write": [T, 2], "kv_read": ["R"], "kv_mask": [T, "R"],
+        "logit_rows": ["O"],
+    }
+    for name in BATCH_INPUTS:
+        e.input(name, FLOAT if name == "kv_mask" else INT64, shapes[name])
+
+
 def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = None) -> Model:
-    """The whole model for ``comp`` as an unfused graph (contract: module docstring)."""
+    """The whole model for one batch ``comp`` as an unfused graph (contract: module docstring)."""
     c = cfg or hybrid_config(f)
     w = HybridWeights(f, c)
-    if comp.n_tokens < 1 or comp.n_past < 0:
-        raise ModelLoadError(f"composition {comp} needs >= 1 new token and n_past >= 0")
-    e = Emit(f"{c.arch}_T{comp.n_tokens}_past{comp.n_past}")
-    tokens = e.input("tokens", INT64, [comp.n_tokens])
-    x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), tokens,
+    if not comp.lengths or min(comp.lengths) < 1:
+        raise ModelLoadError(f"composition {list(comp.lengths)} needs >= 1 sequence of >= 1 token")
+    e = Emit(f"{c.arch}_" + "_".join(map(str, comp.lengths)))
+    _batch_inputs(e, c, comp)
+    x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), "tokens",
              axis=0)
+    angles = _rope_angles(e, c) if not all(c.recurrent) else ("", "")
     for i in range(c.n_layer):
         e.prefix = f"l{i}_"
         h = e.rms_norm(x, w(f"blk.{i}.attn_norm.weight", c.n_embd), c.eps, f"blk.{i}.attn_norm")
         if c.recurrent[i]:
-            y = _recurrent_layer(e, w, c, h, i, comp.n_tokens)
+            y = _recurrent_layer(e, w, c, h, i, comp)
         else:
-            y = _attention_layer(e, w, c, h, i, comp)
+            y = _attention_layer(e, w, c, h, i, angles)
         x = e.op("Add", x, y)
         h = e.rms_norm(x, w(f"blk.{i}.post_attention_norm.weight", c.n_embd), c.eps,
                        f"blk.{i}.post_attention_norm")
         x = e.op("Add", x, _ffn(e, w, c, h, i))
     e.prefix = ""
+    x = e.op("Gather", x, "logit_rows", axis=0)
     x = e.rms_norm(x, w("output_norm.weight", c.n_embd), c.eps, "output_norm")
     out_w = w("output.weight", c.n_vocab, c.n_embd) if f.has_tensor("output.weight") \
         else w("token_embd.weight", c.n_vocab, c.n_embd)
     e.output(e.matmul_t(x, out_w, "output"), "logits", first=True)
     return e.model()
+
+
+def lift_composition(model: Model, comp: Composition) -> Model:
+    """Make a fused batch graph serve every composition: each ``GatedDeltaNet`` node's
+    ``cu_seqlens`` constant (``comp``'s) becomes the graph input ``cu_seqlens`` [N+1], and the
+    T / N dims of inputs and outputs become symbolic. Refuses a graph in which a recurrent
+    layer was not fused into one multi-sequence node (edits ``model`` in place)."""
+    g = model.graph
+    nodes = [nid for nid, n in g.nodes() if n.domain == fused_op.DOMAIN and n.op_type == fused_op.OP_TYPE]
+    cu = np.asarray(comp.cu_seqlens, dtype=np.int64)
+    for nid in nodes:
+        inputs = g.node(nid).inputs
+        value = g.const_value(inputs[6]) if len(inputs) > 6 and inputs[6] else None
+        if value is None or not np.array_equal(value, cu):
+            raise RewriteError(f"node {g.node(nid).name}: not one multi-sequence GatedDeltaNet over "
+                               f"the batch (cu_seqlens {value}, want {cu.tolist()})")
+        g.set_input(nid, 6, CU_SEQLENS)
+    if not nodes or any(n.op_type == "ScatterND" and n.inputs[0].startswith("ssm_state.")
+                        for _, n in g.nodes()):
+        raise RewriteError("the fused graph still writes delta-net states sequence by sequence")
+    g.inputs.append(CU_SEQLENS)
+    g.values[CU_SEQLENS] = Value(CU_SEQLENS, INT64, ("N+1",))
+    for name in BATCH_INPUTS:
+        v = g.values[name]
+        if v.shape is not None and isinstance(v.shape[0], int):
+            v.shape = ("N" if name in ("state_slots", "conv_state_rows") else "T", *v.shape[1:])
+    for name, v in g.values.items():  # inner shapes were the template's
+        if name not in g.inputs and name not in g.outputs and name not in g.initializers:
+            v.shape = None
+    return model

@@ -1,13 +1,17 @@
-"""Run a GGUF hybrid model one sequence at a time: prefill, then decode, state carried along.
+"""Run a GGUF hybrid model on batches of sequences that live in slots of a state pool.
 
-A graph is built per composition (T new tokens after n_past: positions and the causal mask
-are graph constants), fused through the pass when asked, and kept in a small LRU cache (each
-decode step is a new composition until positions become graph inputs); the sequence's
-recurrent states, conv states and KV caches live in a ``SequenceState`` between calls.
+``HybridModel`` owns the graphs: the fused one is built ONCE (the fusion pass on a template
+batch, then ``lift_composition``) and serves every batch; unfused graphs depend on the
+batch's token counts and are built per composition, kept in an LRU cache. ``StatePool``
+owns the tensors that outlive a call (delta-net states, conv states, KV caches: one slot
+per sequence) and the slot allocator. ``HybridModel.forward(pool, batch)`` runs one mixed
+prefill/decode batch: it computes the index inputs of ``hybrid_graph`` and swaps the
+updated pools in.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,73 +20,195 @@ import torch
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.frontends.hybrid_graph import CU_SEQLENS, Composition, build_unfused, lift_composition
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 
-CACHED_GRAPHS = 8
+CACHED_UNFUSED = 16
+TEMPLATE = Composition.of(2, 3)  # the batch the fused graph is derived from
+DEFAULT_CTX = 2048
 
 
-@dataclass
-class SequenceState:
-    """Named state tensors of one sequence (graph input names) and its cached length."""
+@dataclass(frozen=True)
+class Entry:
+    """One sequence of a batch: its pool slot and its new tokens."""
 
-    tensors: dict[str, torch.Tensor]
-    n_past: int = 0
+    slot: int
+    tokens: tuple[int, ...]
 
 
-@dataclass
-class HybridRunner:
-    """``logits, state = runner.forward(tokens, state)``; ``fused`` picks the fused graph."""
+class PoolFullError(InputError):
+    """Every slot of the state pool holds a live sequence."""
 
-    path: str
-    fused: bool = True
-    device: str = "cpu"
-    file: GgufFile = field(init=False)
-    cfg: HybridConfig = field(init=False)
-    _executors: dict[Composition, Executor] = field(init=False, default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.file = GgufFile(self.path)
-        self.cfg = hybrid_config(self.file)
+class StatePool:
+    """Pools of per-sequence state, ``slots`` rows each, and which slot holds what.
 
-    def executor(self, comp: Composition) -> Executor:
-        if comp in self._executors:
-            self._executors[comp] = self._executors.pop(comp)  # most recently used last
-        else:
-            model = build_unfused(self.file, comp, self.cfg)
-            if self.fused:
-                fuse_model(model)
-            self._executors[comp] = Executor(model, self.device)
-            while len(self._executors) > CACHED_GRAPHS:
-                del self._executors[next(iter(self._executors))]
-        return self._executors[comp]
+    Tensors: ``ssm_state.l`` [P, HV, K, V], ``conv_state.l`` [P, C-1, channels] per recurrent
+    layer; ``k_cache.l`` / ``v_cache.l`` [P, n_ctx, n_kv, head_dim] per attention layer.
+    ``n_past[slot]`` counts the tokens a slot has seen.
+    """
 
-    def graph_nodes(self, comp: Composition) -> int:
-        return len(self.executor(comp).model.graph)
-
-    def new_state(self) -> SequenceState:
-        c, dev = self.cfg, self.device
-        tensors = {}
-        for i, rec in enumerate(c.recurrent):
+    def __init__(self, cfg: HybridConfig, slots: int, n_ctx: int, device: str | torch.device) -> None:
+        if slots < 1 or n_ctx < 1:
+            raise InputError(f"state pool: need >= 1 slot and context >= 1 (got {slots}, {n_ctx})")
+        self.slots, self.n_ctx = slots, n_ctx
+        self.tensors: dict[str, torch.Tensor] = {}
+        for i, rec in enumerate(cfg.recurrent):
             if rec:
-                tensors[f"ssm_state.{i}"] = torch.zeros(c.n_v_heads, c.k_dim, c.v_dim, device=dev)
-                tensors[f"conv_state.{i}"] = torch.zeros(c.conv_kernel - 1, c.conv_channels,
-                                                         device=dev)
+                self.tensors[f"ssm_state.{i}"] = torch.zeros(slots, cfg.n_v_heads, cfg.k_dim, cfg.v_dim,
+                                                             device=device)
+                self.tensors[f"conv_state.{i}"] = torch.zeros(slots, cfg.conv_kernel - 1,
+                                                              cfg.conv_channels, device=device)
             else:
                 for name in ("k_cache", "v_cache"):
-                    tensors[f"{name}.{i}"] = torch.zeros(0, c.n_head_kv, c.head_dim, device=dev)
-        return SequenceState(tensors)
+                    self.tensors[f"{name}.{i}"] = torch.zeros(slots, n_ctx, cfg.n_head_kv, cfg.head_dim,
+                                                              device=device)
+        self.n_past = [0] * slots
+        self.live = [False] * slots
 
-    def forward(self, tokens: list[int] | np.ndarray, state: SequenceState
-                ) -> tuple[torch.Tensor, SequenceState]:
-        """Logits [T, n_vocab] for ``tokens`` after ``state``, and the state after them."""
-        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= self.cfg.n_vocab)]
-        if ids.numel() == 0 or bad.numel():
-            raise InputError(f"tokens: need >= 1 id in 0..{self.cfg.n_vocab - 1}, got "
-                             f"{bad[0].item() if bad.numel() else 'none'}")
-        comp = Composition(int(ids.numel()), state.n_past)
-        outs = self.executor(comp).run({"tokens": ids, **state.tensors})
-        new = {name: outs[f"{name}.out"] for name in state.tensors}
-        return outs["logits"], SequenceState(new, state.n_past + comp.n_tokens)
+    def allocate(self) -> int:
+        """A free slot, zeroed; PoolFullError when every slot is live."""
+        for slot, live in enumerate(self.live):
+            if not live:
+                for t in self.tensors.values():
+                    t[slot].zero_()
+                self.live[slot], self.n_past[slot] = True, 0
+                return slot
+        raise PoolFullError(f"state pool full: all {self.slots} slots hold live sequences")
+
+    def release(self, slot: int) -> None:
+        self._check(slot)
+        self.live[slot] = False
+
+    def free_slots(self) -> int:
+        return self.live.count(False)
+
+    def _check(self, slot: int) -> None:
+        if not 0 <= slot < self.slots or not self.live[slot]:
+            raise InputError(f"slot {slot} is not a live slot of the state pool (0..{self.slots - 1})")
+
+
+def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logits: bool
+                ) -> dict[str, np.ndarray]:
+    """The index inputs of ``hybrid_graph`` for ``batch`` (contract there)."""
+    C, N = cfg.conv_kernel, len(batch)
+    lengths = [len(e.tokens) for e in batch]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    past = np.array([pool.n_past[e.slot] for e in batch], dtype=np.int64)
+    tokens = np.concatenate([np.asarray(e.tokens, dtype=np.int64) for e in batch])
+    seq = np.repeat(np.arange(N), lengths)
+    offset = np.arange(len(tokens)) - cu[seq]  # j: index of each token within its sequence
+
+    def conv_row(n: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Row of [conv states (N*(C-1)); new inputs] holding input position p of sequence n."""
+        return np.where(p >= 0, N * (C - 1) + cu[n] + p, n * (C - 1) + (C - 1) + p)
+
+    taps = np.arange(C) - (C - 1)
+    conv_rows = conv_row(seq[:, None], offset[:, None] + taps[None, :])
+    last = np.arange(C - 1) - (C - 1)
+    conv_state_rows = conv_row(np.arange(N)[:, None], np.asarray(lengths)[:, None] + last[None, :])
+    slots = np.array([e.slot for e in batch], dtype=np.int64)
+    positions = past[seq] + offset
+    seen = past + np.asarray(lengths)
+    key_seq = np.repeat(np.arange(N), seen)
+    key_pos = np.arange(int(seen.sum())) - np.concatenate([[0], np.cumsum(seen)])[key_seq]
+    visible = (key_seq[None, :] == seq[:, None]) & (key_pos[None, :] <= positions[:, None])
+    rows = np.arange(len(tokens)) if all_logits else cu[1:] - 1
+    return {
+        "tokens": tokens, "positions": positions, "state_slots": slots,
+        "conv_rows": conv_rows.astype(np.int64), "conv_state_rows": conv_state_rows.astype(np.int64),
+        "kv_write": np.stack([slots[seq], positions], 1),
+        "kv_read": slots[key_seq] * pool.n_ctx + key_pos,
+        "kv_mask": np.where(visible, 0.0, -np.inf).astype(np.float32),
+        "logit_rows": rows.astype(np.int64), CU_SEQLENS: cu,
+    }
+
+
+@dataclass
+class GraphStats:
+    """How many graphs were built and how large they are (node counts)."""
+
+    fused_nodes: int | None = None
+    fused_builds: int = 0
+    unfused_builds: int = 0
+    unfused_nodes: dict[tuple[int, ...], int] = field(default_factory=dict)
+
+
+class HybridModel:
+    """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
+
+    def __init__(self, path: str, fused: bool = True, device: str = "cpu") -> None:
+        self.path, self.fused, self.device = str(path), fused, torch.device(device)
+        self.file = GgufFile(path)
+        self.cfg = hybrid_config(self.file)
+        self.stats = GraphStats()
+        self._fused: Executor | None = None
+        self._unfused: OrderedDict[Composition, Executor] = OrderedDict()
+
+    def new_pool(self, slots: int = 1, n_ctx: int | None = None) -> StatePool:
+        trained = self.file.metadata.get(f"{self.cfg.arch}.context_length", DEFAULT_CTX)
+        ctx = n_ctx or min(DEFAULT_CTX, trained if isinstance(trained, int) else DEFAULT_CTX)
+        return StatePool(self.cfg, slots, ctx, self.device)
+
+    def fused_executor(self) -> Executor:
+        if self._fused is None:
+            model = build_unfused(self.file, TEMPLATE, self.cfg)
+            fuse_model(model)
+            self._fused = Executor(lift_composition(model, TEMPLATE), self.device)
+            self.stats.fused_builds += 1
+            self.stats.fused_nodes = len(model.graph)
+        return self._fused
+
+    def unfused_executor(self, comp: Composition) -> Executor:
+        if comp in self._unfused:
+            self._unfused.move_to_end(comp)
+        else:
+            model = build_unfused(self.file, comp, self.cfg)
+            self._unfused[comp] = Executor(model, self.device)
+            self.stats.unfused_builds += 1
+            self.stats.unfused_nodes[comp.lengths] = len(model.graph)
+            while len(self._unfused) > CACHED_UNFUSED:
+                self._unfused.popitem(last=False)
+        return self._unfused[comp]
+
+    def forward(self, pool: StatePool, batch: list[Entry], all_logits: bool = False) -> list[torch.Tensor]:
+        """Run ``batch`` (mixed prefill/decode), update ``pool``; per entry the logits of its
+        last token [n_vocab] (``all_logits``: of every new token, [T_n, n_vocab])."""
+        self._check(pool, batch)
+        feeds = batch_feeds(self.cfg, pool, batch, all_logits)
+        comp = Composition(tuple(len(e.tokens) for e in batch))
+        ex = self.fused_executor() if self.fused else self.unfused_executor(comp)
+        wanted = {n: feeds[n] for n in ex.input_names if n in feeds}
+        outs = ex.run({**wanted, **pool.tensors})
+        for name in pool.tensors:
+            pool.tensors[name] = outs[f"{name}.out"]
+        for e in batch:
+            pool.n_past[e.slot] += len(e.tokens)
+        logits = outs["logits"]
+        if all_logits:
+            return list(torch.split(logits, list(comp.lengths)))
+        return list(logits)
+
+    def _check(self, pool: StatePool, batch: list[Entry]) -> None:
+        if not batch:
+            raise InputError("empty batch")
+        slots = [e.slot for e in batch]
+        if len(set(slots)) != len(slots):
+            raise InputError(f"batch: slot listed twice ({slots})")
+        for e in batch:
+            pool._check(e.slot)
+            ids = np.asarray(e.tokens, dtype=np.int64)
+            bad = ids[(ids < 0) | (ids >= self.cfg.n_vocab)]
+            if ids.size == 0 or bad.size:
+                raise InputError(f"tokens: need >= 1 id in 0..{self.cfg.n_vocab - 1}, got "
+                                 f"{bad[0] if bad.size else 'none'}")
+            if pool.n_past[e.slot] + ids.size > pool.n_ctx:
+                raise InputError(f"slot {e.slot}: {pool.n_past[e.slot]} + {ids.size} tokens exceed the "
+                                 f"context of {pool.n_ctx}")
+
+    def logits(self, tokens: list[int] | np.ndarray) -> torch.Tensor:
+        """Logits [T, n_vocab] of every position of one sequence from an empty state."""
+        ids = tuple(int(t) for t in np.asarray(tokens).reshape(-1))
+        pool = self.new_pool(1, max(len(ids), 1))
+        return self.forward(pool, [Entry(pool.allocate(), ids)], all_logits=True)[0]

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType
 from gdnc.errors import InputError, ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_graph import Composition
-from gdnc.runtime.hybrid_runner import HybridRunner
+from gdnc.runtime.hybrid_runner import Entry, HybridModel
 from tests.frontends.gguf_rewrite import rewrite
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
@@ -42,25 +42,25 @@ def arch(request) -> str:
 @pytest.mark.parametrize("prompt", [0, 1])
 def test_logits_match_hf(arch, prompt, fused):
     ref = reference(arch)
-    runner = HybridRunner(str(gguf_path(arch)), fused=fused)
-    logits, state = runner.forward(ref[f"prompt{prompt}"], runner.new_state())
+    logits = HybridModel(str(gguf_path(arch)), fused=fused).logits(ref[f"prompt{prompt}"]).numpy()
     want = ref[f"hf_{prompt}"]
-    assert np.abs(logits.numpy() - want).max() <= MAX_ABS
-    assert (logits.numpy().argmax(-1) == want.argmax(-1)).all()
-    assert state.n_past == len(want)
+    assert np.abs(logits - want).max() <= MAX_ABS
+    assert (logits.argmax(-1) == want.argmax(-1)).all()
 
 
-def test_fusion_makes_one_node_per_recurrent_layer(arch):
-    T = 12
-    unfused = HybridRunner(str(gguf_path(arch)), fused=False)
-    fused = HybridRunner(str(gguf_path(arch)), fused=True)
-    graph = fused.executor(Composition(T)).model.graph
-    n_recurrent = sum(fused.cfg.recurrent)
+def test_fusion_makes_one_multi_sequence_node_per_recurrent_layer(arch):
+    model = HybridModel(str(gguf_path(arch)), fused=True)
+    graph = model.fused_executor().model.graph
+    n_recurrent = sum(model.cfg.recurrent)
     assert graph.op_histogram().get("ai.gdnc::GatedDeltaNet") == n_recurrent
     gdn = [n for _, n in graph.nodes() if n.op_type == "GatedDeltaNet"]
-    assert {n.attr("head_map") for n in gdn} == {fused.cfg.head_map}
+    assert {n.attr("head_map") for n in gdn} == {model.cfg.head_map}
     assert all(n.attr("qk_l2norm") == 1 for n in gdn)
-    assert fused.graph_nodes(Composition(T)) < unfused.graph_nodes(Composition(T)) / 3
+    assert all(n.inputs[5:] == [f"ssm_state.{n.inputs[5].split('.')[1]}", "cu_seqlens", "state_slots",
+                                "state_slots"] for n in gdn)
+    unfused = HybridModel(str(gguf_path(arch)), fused=False)
+    unfused.unfused_executor(Composition.of(5, 7))
+    assert model.stats.fused_nodes < unfused.stats.unfused_nodes[(5, 7)] / 3
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
@@ -68,14 +68,16 @@ def test_prefill_then_decode_matches_one_shot(arch, fused):
     """Conv states, delta-net states and KV caches carried across calls."""
     ref = reference(arch)
     tokens, want = ref["prompt1"], ref["hf_1"]
-    runner = HybridRunner(str(gguf_path(arch)), fused=fused)
-    logits, state = runner.forward(tokens[:60], runner.new_state())
-    rows = [logits.numpy()]
+    model = HybridModel(str(gguf_path(arch)), fused=fused)
+    pool = model.new_pool(2, 80)
+    other = pool.allocate()  # a neighbour in slot 0 that must not disturb slot 1
+    slot = pool.allocate()
+    rows = [model.forward(pool, [Entry(other, (3, 4, 5)), Entry(slot, tuple(tokens[:60]))],
+                          all_logits=True)[1].numpy()]
     for t in range(60, 66):
-        logits, state = runner.forward(tokens[t:t + 1], state)
-        rows.append(logits.numpy())
-    logits, state = runner.forward(tokens[66:], state)
-    rows.append(logits.numpy())
+        rows.append(model.forward(pool, [Entry(slot, (int(tokens[t]),))], all_logits=True)[0].numpy())
+    rows.append(model.forward(pool, [Entry(slot, tuple(tokens[66:])), Entry(other, (6,))],
+                              all_logits=True)[0].numpy())
     assert np.abs(np.concatenate(rows) - want).max() <= MAX_ABS
 
 
@@ -86,8 +88,7 @@ def test_q8_0_file_loads_and_fused_equals_unfused(tmp_path):
     ref = reference("qwen35")
     out = {}
     for fused in (False, True):
-        runner = HybridRunner(str(path), fused=fused)
-        out[fused] = runner.forward(ref["prompt1"], runner.new_state())[0].numpy()
+        out[fused] = HybridModel(str(path), fused=fused).logits(ref["prompt1"]).numpy()
     assert np.abs(out[True] - out[False]).max() <= MAX_ABS
     rel = np.linalg.norm(out[True] - ref["hf_1"]) / np.linalg.norm(ref["hf_1"])
     assert 1e-5 < rel < 5e-2  # quantized, yet close to the F32 model
@@ -102,7 +103,7 @@ def _one_line_error(exc: pytest.ExceptionInfo) -> str:
 def test_other_architecture_is_refused(tmp_path):
     path = rewrite(gguf_path("qwen35"), tmp_path / "llama.gguf", arch="llama")
     with pytest.raises(ModelLoadError) as exc:
-        HybridRunner(str(path))
+        HybridModel(str(path))
     assert "architecture 'llama' is not supported" in _one_line_error(exc)
 
 
@@ -112,7 +113,7 @@ def test_truncated_file_is_refused(tmp_path):
         path = tmp_path / f"cut{cut}.gguf"
         path.write_bytes(data[:cut])
         with pytest.raises(ModelLoadError) as exc:
-            HybridRunner(str(path)).forward([1, 2], HybridRunner(str(gguf_path("qwen35"))).new_state())
+            HybridModel(str(path)).logits([1, 2])
         assert str(path) in _one_line_error(exc)
 
 
@@ -121,15 +122,14 @@ def test_wrong_tensor_shape_and_missing_tensor_are_refused(tmp_path):
     wrong = np.zeros((96, 95), dtype=np.float32) + 0.5
     path = rewrite(gguf_path("qwen35"), tmp_path / "shape.gguf", tensors={name: wrong})
     with pytest.raises(ModelLoadError) as exc:
-        HybridRunner(str(path)).executor(Composition(3))
+        HybridModel(str(path)).unfused_executor(Composition.of(3))
     assert f"tensor '{name}' has shape [96, 95], expected [96, 96]" in _one_line_error(exc)
     path = rewrite(gguf_path("qwen35"), tmp_path / "drop.gguf", drop=("blk.2.ssm_out.weight",))
     with pytest.raises(ModelLoadError) as exc:
-        HybridRunner(str(path)).executor(Composition(3))
+        HybridModel(str(path)).unfused_executor(Composition.of(3))
     assert "tensor 'blk.2.ssm_out.weight' is missing" in _one_line_error(exc)
 
 
 def test_out_of_range_tokens_are_refused():
-    runner = HybridRunner(str(gguf_path("qwen35")))
     with pytest.raises(InputError, match="tokens: need >= 1 id in 0..383, got 384"):
-        runner.forward([1, 384], runner.new_state())
+        HybridModel(str(gguf_path("qwen35"))).logits([1, 384])

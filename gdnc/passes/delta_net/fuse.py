@@ -7,6 +7,7 @@ next turns those stacks and gathers back into the original full tensors.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,8 @@ from gdnc import fused_op
 from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
 from gdnc.passes.delta_net.chains import Chain, find_chains
+from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
+from gdnc.passes.delta_net.steps import Step
 from gdnc.passes.patterns import is_zero_const, static_shape
 from gdnc.passes.rewrite import Miss
 
@@ -31,6 +34,7 @@ class ChainInfo:
     layout: str
     gate: str
     initial_state: bool
+    sequences: int = 1
 
 
 @dataclass
@@ -112,27 +116,43 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
         index = g.constant(np.array(t, dtype=np.int64), f"gdn_t{t}")
         g.add_node(Node("Gather", [o_full, index], [o_t], attrs=make_attrs(axis=axis)), position)
         g.value(o_t).dtype, g.value(o_t).shape = dtype, shape
-    q_shape = static_shape(g, q)
+    return _info(g, g.node(g.producer(o_full)), len(steps), first, 1)  # type: ignore[arg-type]
+
+
+def _info(g: Graph, node: Node, steps: int, first: Step, sequences: int) -> ChainInfo:
+    q_shape, v_shape = static_shape(g, node.inputs[0]), static_shape(g, node.inputs[2])
     return ChainInfo(
-        node=name,
-        steps=len(steps),
+        node=node.name,
+        steps=steps,
         heads=None if v_shape is None else v_shape[-2],
         key_dim=None if q_shape is None else q_shape[-1],
         value_dim=None if v_shape is None else v_shape[-1],
         layout=first.layout,
         gate=("per-key" if first.per_key else "per-head") + ("" if first.gate_is_log else ", direct"),
-        initial_state=bool(state),
+        initial_state=len(node.inputs) > 5 and bool(node.inputs[5]),
+        sequences=sequences,
     )
 
 
 def fuse_delta_nets(model: Model) -> FusionResult:
-    """Find every chain in ``model.graph`` and fuse it; the graph is edited in place."""
+    """Find every chain in ``model.graph`` and fuse it: the chains of several sequences that
+    share a state pool into one node each, every other chain alone; edits the graph in place."""
     g = model.graph
     chains, misses = find_chains(g)
-    result = FusionResult(misses=list(misses))
+    groups, singles, group_misses = group_sequences(g, chains)
+    result = FusionResult(misses=[*misses, *group_misses])
     opset = model.opset("")
-    for i, chain in enumerate(chains):
-        info = fuse_chain(g, chain, opset, f"gated_delta_net_{i}")
+    names = (f"gated_delta_net_{i}" for i in itertools.count())
+    for members in groups:
+        fused = fuse_group(g, members, next(names))
+        if isinstance(fused, Miss):
+            result.misses.append(fused)
+            singles.extend(m.chain for m in members)
+            continue
+        node, lengths = fused
+        result.chains.append(_info(g, node, sum(lengths), members[0].chain.steps[0], len(lengths)))
+    for chain in singles:
+        info = fuse_chain(g, chain, opset, next(names))
         if isinstance(info, Miss):
             result.misses.append(info)
         else:
