@@ -21,6 +21,7 @@ from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
 from gdnc.frontends.hybrid_graph import CU_SEQLENS, Composition, build_unfused, lift_composition
+from gdnc.ir.graph import Model
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 
@@ -71,8 +72,9 @@ class StatePool:
         """A free slot, zeroed; PoolFullError when every slot is live."""
         for slot, live in enumerate(self.live):
             if not live:
-                for t in self.tensors.values():
-                    t[slot].zero_()
+                with torch.inference_mode():  # the pools are the executor's outputs
+                    for t in self.tensors.values():
+                        t[slot].zero_()
                 self.live[slot], self.n_past[slot] = True, 0
                 return slot
         raise PoolFullError(f"state pool full: all {self.slots} slots hold live sequences")
@@ -125,6 +127,14 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
     }
 
 
+def build_fused(f: GgufFile, cfg: HybridConfig | None = None) -> Model:
+    """The fused graph serving every batch: the fusion pass on the ``TEMPLATE`` batch, then
+    ``lift_composition`` (a fresh Model on each call)."""
+    model = build_unfused(f, TEMPLATE, cfg)
+    fuse_model(model)
+    return lift_composition(model, TEMPLATE)
+
+
 @dataclass
 class GraphStats:
     """How many graphs were built and how large they are (node counts)."""
@@ -153,9 +163,8 @@ class HybridModel:
 
     def fused_executor(self) -> Executor:
         if self._fused is None:
-            model = build_unfused(self.file, TEMPLATE, self.cfg)
-            fuse_model(model)
-            self._fused = Executor(lift_composition(model, TEMPLATE), self.device)
+            model = build_fused(self.file, self.cfg)
+            self._fused = Executor(model, self.device)
             self.stats.fused_builds += 1
             self.stats.fused_nodes = len(model.graph)
         return self._fused

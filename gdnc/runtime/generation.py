@@ -1,0 +1,176 @@
+"""Serve many sequences at once: a scheduler over a ``HybridModel`` and its ``StatePool``.
+
+Every ``step()`` runs ONE batch that mixes prefill (a newly admitted sequence's prompt, whole
+or in chunks of ``prefill_chunk``) and decode (one token of every other running sequence).
+A sequence gets a pool slot when it is admitted and gives it back when it finishes (token
+budget, EOS, context full) or is cancelled; requests beyond the free slots wait in arrival
+order. Sampling is greedy at temperature 0, else from softmax(logits / T) with a generator
+of the request's own seed, so a sequence samples the same tokens alone or in company.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gdnc.errors import InputError
+from gdnc.runtime.hybrid_runner import Entry, HybridModel
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate: ``max_new_tokens`` after ``prompt``; ``arrival``: the first scheduler
+    step at which it may start (0: at once)."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0
+    seed: int = 0
+    stop_at_eos: bool = True
+    arrival: int = 0
+
+
+@dataclass
+class Sequence:
+    """A request's progress: ``status`` queued / running / done / cancelled."""
+
+    id: int
+    request: Request
+    generated: list[int] = field(default_factory=list)
+    status: str = "queued"
+    finish_reason: str | None = None
+    slot: int | None = None
+    fed: int = 0  # prompt tokens already run
+    rng: torch.Generator | None = None
+
+    def pending(self, chunk: int | None) -> tuple[int, ...]:
+        """The tokens this sequence feeds in the next batch."""
+        prompt = self.request.prompt
+        if self.fed < len(prompt):
+            end = len(prompt) if chunk is None else min(len(prompt), self.fed + chunk)
+            return prompt[self.fed:end]
+        return (self.generated[-1],)
+
+
+@dataclass
+class Timing:
+    """Wall time and token counts of everything the scheduler ran."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    generated: int = 0
+
+    def to_json(self) -> dict:
+        return {**vars(self), "tokens_per_s": self.generated / self.seconds if self.seconds else 0.0,
+                "batch_tokens_per_s": (self.prefill_tokens + self.decode_tokens) / self.seconds
+                if self.seconds else 0.0}
+
+
+class Scheduler:
+    """``submit`` requests, then ``step()`` until ``done`` (or ``run()``)."""
+
+    def __init__(self, model: HybridModel, parallel: int, n_ctx: int | None = None,
+                 prefill_chunk: int | None = None, eos_id: int | None = None) -> None:
+        if parallel < 1:
+            raise InputError(f"--parallel must be >= 1, got {parallel}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise InputError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+        self.model, self.chunk, self.eos_id = model, prefill_chunk, eos_id
+        self.pool = model.new_pool(parallel, n_ctx)
+        self.sequences: list[Sequence] = []
+        self.timing = Timing()
+
+    def submit(self, request: Request) -> int:
+        if not request.prompt:
+            raise InputError("a request needs a prompt of >= 1 token")
+        if request.max_new_tokens < 0 or request.temperature < 0:
+            raise InputError(f"max_new_tokens {request.max_new_tokens} and temperature "
+                             f"{request.temperature} must be >= 0")
+        if len(request.prompt) + request.max_new_tokens - 1 > self.pool.n_ctx:
+            raise InputError(f"prompt of {len(request.prompt)} + {request.max_new_tokens} new tokens "
+                             f"exceed the context of {self.pool.n_ctx}")
+        seq = Sequence(len(self.sequences), request)
+        if request.temperature > 0:
+            seq.rng = torch.Generator().manual_seed(request.seed)
+        self.sequences.append(seq)
+        return seq.id
+
+    def cancel(self, seq_id: int) -> None:
+        seq = self.sequences[seq_id]
+        if seq.status in ("queued", "running"):
+            self._finish(seq, "cancelled", status="cancelled")
+
+    @property
+    def done(self) -> bool:
+        return all(s.status in ("done", "cancelled") for s in self.sequences)
+
+    def _finish(self, seq: Sequence, reason: str, status: str = "done") -> None:
+        if seq.slot is not None:
+            self.pool.release(seq.slot)
+            seq.slot = None
+        seq.status, seq.finish_reason = status, reason
+
+    def _admit(self) -> None:
+        for seq in self.sequences:
+            if seq.status != "queued" or seq.request.arrival > self.timing.steps:
+                continue
+            if seq.request.max_new_tokens == 0:
+                self._finish(seq, "length")
+                continue
+            if not self.pool.free_slots():
+                return  # wait in arrival order
+            seq.slot, seq.status = self.pool.allocate(), "running"
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> int:
+        if seq.rng is None:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits.float().cpu() / seq.request.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=seq.rng).item())
+
+    def step(self) -> list[tuple[int, int]]:
+        """Run one batch; the (sequence id, new token) pairs it produced."""
+        self._admit()
+        running = [s for s in self.sequences if s.status == "running"]
+        if not running:
+            self.timing.steps += 1
+            return []
+        feeds = [(s, s.pending(self.chunk)) for s in running]
+        start = time.perf_counter()
+        logits = self.model.forward(self.pool, [Entry(s.slot, toks) for s, toks in feeds])  # type: ignore[arg-type]
+        events = []
+        for (seq, toks), row in zip(feeds, logits):
+            prefill = seq.fed < len(seq.request.prompt)
+            if prefill:
+                seq.fed += len(toks)
+                self.timing.prefill_tokens += len(toks)
+                if seq.fed < len(seq.request.prompt):
+                    continue
+            else:
+                self.timing.decode_tokens += 1
+            token = self._sample(seq, row)
+            seq.generated.append(token)
+            events.append((seq.id, token))
+            if len(seq.generated) >= seq.request.max_new_tokens:
+                self._finish(seq, "length")
+            elif seq.request.stop_at_eos and token == self.eos_id:
+                self._finish(seq, "eos")
+        self.timing.seconds += time.perf_counter() - start
+        self.timing.steps += 1
+        self.timing.generated += len(events)
+        return events
+
+    def run(self, on_token: Callable[[int, int], None] | None = None,
+            max_steps: int = 1_000_000) -> list[Sequence]:
+        """Step until every sequence is done; ``on_token(seq_id, token)`` sees each token."""
+        for _ in range(max_steps):
+            if self.done:
+                break
+            for seq_id, token in self.step():
+                if on_token is not None:
+                    on_token(seq_id, token)
+        return self.sequences
