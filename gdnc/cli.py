@@ -31,7 +31,7 @@ def _dump_after(stage: str | None, directory: Path | None):
 
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., help="input ONNX model"),
+    model: Path = typer.Argument(..., help="input ONNX model, or a GGUF hybrid (.gguf)"),
     output: Path = typer.Option(..., "-o", "--output", help="converted ONNX model to write"),
     target: str = typer.Option(
         "native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
@@ -40,11 +40,39 @@ def convert(
         None, help="write the graph after this stage (shapes, fold-constants, fuse, simplify)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    unfused: bool = typer.Option(False, "--unfused", help="GGUF: write the unfused graph of one batch"),
+    lengths: str | None = typer.Option(
+        None, help='GGUF with --unfused: token counts of the batch\'s sequences, e.g. "5,3" (default 8)'),
 ) -> None:
-    """Fuse every delta-net chain of MODEL and write the result."""
+    """Fuse every delta-net chain of MODEL and write the result (a GGUF model: write it as
+    ONNX with external weights, fused or unfused)."""
     from gdnc.convert import convert_file
+    from gdnc.errors import InputError
     from gdnc.reporting import print_report
 
+    if model.suffix.lower() == ".gguf":
+        from gdnc.convert import write_json_atomic
+        from gdnc.gguf_export import DEFAULT_LENGTHS, export_gguf, parse_lengths
+
+        if lengths is not None and not unfused:
+            raise InputError("--lengths needs --unfused (the fused graph serves every batch)")
+        if dump_after is not None:
+            raise InputError("--dump-after applies to ONNX input only, not to GGUF")
+        comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
+        with err.status("exporting", spinner="dots") if not quiet and not as_json else _null():
+            info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
+        if report is not None:
+            write_json_atomic(report, info)
+        if as_json:
+            out.print_json(json.dumps(info))
+        elif not quiet:
+            kind = f"unfused, batch {info['composition']}" if unfused else f"fused, target {target}"
+            out.print(f"{info['architecture']} ({kind}): {info['nodes']} nodes, "
+                      f"{info['gated_delta_net_nodes']} GatedDeltaNet")
+            out.print(f"wrote {output} (weights in {info['external_data']})")
+        return
+    if unfused or lengths is not None:
+        raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
     with err.status("converting", spinner="dots") if not quiet and not as_json else _null():
         rep = convert_file(model, output, target=target, report_path=report,
                            dump_after=_dump_after(dump_after, output.parent))
@@ -75,13 +103,46 @@ def inspect(
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="ONNX model (fused or not)"),
-    inputs: Path = typer.Option(..., "--inputs", help=".npz file with one array per graph input"),
-    output: Path | None = typer.Option(None, "-o", "--output", help=".npz file for the outputs"),
+    model: Path = typer.Argument(..., help="GGUF hybrid (generate text) or ONNX model (run once)"),
+    prompt: list[str] = typer.Option([], "-p", "--prompt", help="GGUF: a prompt (repeat for several)"),
+    n_new: int = typer.Option(32, "-n", help="GGUF: tokens to generate per prompt"),
+    parallel: int | None = typer.Option(None, help="GGUF: sequences served at once (default: all)"),
+    temperature: float = typer.Option(0.0, help="GGUF: 0 = greedy"),
+    seed: int = typer.Option(0, help="GGUF: sampling seed (prompt i uses seed + i)"),
+    fused_gdn: str = typer.Option("auto", "--fused-gdn", help="GGUF: on, off or auto (= on)"),
+    ctx: int | None = typer.Option(None, help="GGUF: context per sequence (default: prompt + n)"),
+    inputs: Path | None = typer.Option(None, "--inputs", help="ONNX: .npz file, one array per input"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="ONNX: .npz file for the outputs"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="GGUF: only the generated text"),
 ) -> None:
-    """Run MODEL in the gdnc runtime."""
+    """Generate text from a GGUF model (several prompts decode together), or run an ONNX model."""
+    from gdnc.errors import InputError
+
+    if model.suffix.lower() == ".gguf":
+        if inputs is not None or output is not None:
+            raise InputError("--inputs / -o apply to ONNX models; a GGUF model takes -p PROMPT")
+        from gdnc.generate import GenerateOptions, generate_text
+
+        opts = GenerateOptions(prompts=prompt, n_new=n_new, parallel=parallel, temperature=temperature,
+                               seed=seed, fused=_fused_flag(fused_gdn), ctx=ctx, device=device)
+        generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
+        return
+    if inputs is None:
+        raise InputError("an ONNX model needs --inputs X.npz (a GGUF model takes -p PROMPT)")
+    _run_onnx(model, inputs, output, device, as_json)
+
+
+def _fused_flag(value: str) -> bool:
+    from gdnc.errors import InputError
+
+    if value not in ("on", "off", "auto"):
+        raise InputError(f"--fused-gdn: {value!r} is not on, off or auto")
+    return value != "off"
+
+
+def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool) -> None:
     import numpy as np
 
     from gdnc.frontends.onnx_model import load_onnx
@@ -102,15 +163,31 @@ def run(
 
 @app.command()
 def compare(
-    model: Path = typer.Argument(..., help="unfused ONNX model"),
-    inputs: Path | None = typer.Option(None, "--inputs", help=".npz inputs (default: random)"),
+    model: Path = typer.Argument(..., help="unfused ONNX model, or a GGUF hybrid"),
+    inputs: Path | None = typer.Option(None, "--inputs", help="ONNX: .npz inputs (default: random)"),
+    prompt: list[str] = typer.Option([], "-p", "--prompt", help="GGUF: prompts (default: a built-in set)"),
     target: str = typer.Option("native"),
     seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="GGUF: cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Original in onnxruntime vs converted in gdnc and in onnxruntime; exit 1 on a mismatch."""
+    """ONNX: original in onnxruntime vs converted in gdnc and in onnxruntime. GGUF: fused vs
+    unfused graphs (max |Δlogit|, top-1 agreement, perplexity). Exit 1 on a mismatch."""
+    from gdnc.reporting import print_compare, print_gguf_compare
+
+    if model.suffix.lower() == ".gguf":
+        from gdnc.gguf_compare import compare_gguf
+
+        with err.status("comparing fused vs unfused", spinner="dots") if not as_json else _null():
+            gguf_result = compare_gguf(str(model), prompt or None, device)
+        if as_json:
+            out.print_json(json.dumps(gguf_result.to_json()))
+        else:
+            print_gguf_compare(out, gguf_result)
+        if not gguf_result.passed:
+            raise typer.Exit(1)
+        return
     from gdnc.compare import compare_file
-    from gdnc.reporting import print_compare
 
     with err.status("comparing", spinner="dots") if not as_json else _null():
         result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
@@ -149,7 +226,7 @@ def logits(
     model: Path = typer.Argument(..., help="GGUF model (qwen35, qwen35moe, qwen3next)"),
     tokens: str = typer.Option(..., "--tokens", help='token ids, e.g. "1 2 3"'),
     output: Path = typer.Option(..., "-o", "--output", help=".npy file: float32 [T, n_vocab]"),
-    fused_gdn: str = typer.Option("on", "--fused-gdn", help="on: fused GatedDeltaNet, off: unfused"),
+    fused_gdn: str = typer.Option("on", "--fused-gdn", help="on / auto: fused GatedDeltaNet, off: unfused"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -159,13 +236,12 @@ def logits(
     from gdnc.errors import InputError
     from gdnc.runtime.hybrid_runner import HybridModel
 
-    if fused_gdn not in ("on", "off"):
-        raise InputError(f"--fused-gdn: {fused_gdn!r} is not 'on' or 'off'")
+    fused = _fused_flag(fused_gdn)
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]
     except ValueError as exc:
         raise InputError(f"--tokens: {tokens!r} is not a list of integers") from exc
-    runner = HybridModel(str(model), fused=fused_gdn == "on", device=device)
+    runner = HybridModel(str(model), fused=fused, device=device)
     result = runner.logits(ids).float().cpu().numpy()
     _save_atomic(output, lambda tmp: np.save(tmp, result), ".npy")
     if as_json:

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gdnc.compare import CompareResult
+from gdnc.gguf_compare import GgufComparison
 from gdnc.passes.pipeline import ConversionReport
 
 
@@ -16,11 +17,11 @@ def print_report(console: Console, report: ConversionReport, title: str = "conve
     )
     if report.chains:
         table = Table(title="fused chains")
-        for col in ("node", "T", "HV", "K", "V", "layout", "gate", "init"):
+        for col in ("node", "seqs", "T", "HV", "K", "V", "layout", "gate", "init"):
             table.add_column(col, no_wrap=col == "node")
         for c in report.chains:
-            table.add_row(c.node, str(c.steps), str(c.heads), str(c.key_dim), str(c.value_dim),
-                          c.layout, c.gate, "yes" if c.initial_state else "zeros")
+            table.add_row(c.node, str(c.sequences), str(c.steps), str(c.heads), str(c.key_dim),
+                          str(c.value_dim), c.layout, c.gate, "yes" if c.initial_state else "zeros")
         console.print(table)
     if report.misses:
         table = Table(title="near-misses (not fused)")
@@ -49,3 +50,18 @@ def print_compare(console: Console, result: CompareResult) -> None:
         verdict = "[green]pass[/]" if d.passed else "[red]FAIL[/]"
         table.add_row(d.name, d.runner, f"{d.max_abs:.3e}", f"{d.rel_l2:.3e}", verdict)
     console.print(table)
+
+
+def print_gguf_compare(console: Console, result: GgufComparison) -> None:
+    table = Table(title=f"fused vs unfused graphs of {result.model} ({result.device}); "
+                        f"nodes {result.fused_nodes} vs {result.unfused_nodes}")
+    for col in ("prompt", "tokens", "max |Δlogit|", "top-1 agree", "ppl fused", "ppl unfused"):
+        table.add_column(col, overflow="fold" if col == "prompt" else "ellipsis")
+    for p in result.prompts:
+        agree = f"{p.top1_agreement:.1%}"
+        table.add_row(p.prompt[:40].replace("\n", " "), str(p.tokens), f"{p.max_abs_logit_diff:.2e}",
+                      agree if p.top1_agreement == 1 else f"[red]{agree}[/]",
+                      f"{p.perplexity_fused:.4f}", f"{p.perplexity_unfused:.4f}")
+    console.print(table)
+    console.print("[green]pass[/]: top-1 identical everywhere" if result.passed
+                  else "[red]FAIL[/]: top-1 differs")

@@ -114,7 +114,7 @@ def test_logits_errors_are_one_line_and_write_nothing(tmp_path) -> None:
     for args, needle in [
         ((model, "--tokens", "1 x"), "is not a list of integers"),
         ((model, "--tokens", "1 384"), "got 384"),
-        ((model, "--tokens", "1", "--fused-gdn", "maybe"), "is not 'on' or 'off'"),
+        ((model, "--tokens", "1", "--fused-gdn", "maybe"), "is not on, off or auto"),
         ((tmp_path / "missing.gguf", "--tokens", "1"), "no such file"),
     ]:
         _one_line_error(gdnc("logits", *args, "-o", out), needle)

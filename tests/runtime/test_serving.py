@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gdnc.errors import InputError
 from gdnc.runtime.generation import Request, Scheduler
@@ -26,7 +27,8 @@ MAX_ABS = 1e-4
 
 
 def _writer():
-    spec = importlib.util.spec_from_file_location("make_gguf_models", ROOT / "examples" / "make_gguf_models.py")
+    script = ROOT / "examples" / "make_gguf_models.py"
+    spec = importlib.util.spec_from_file_location("make_gguf_models", script)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -98,7 +100,8 @@ def test_unfused_isolation_and_graph_cache(models):
 def test_more_requests_than_slots_wait_and_reuse_slots(models):
     model = HybridModel(str(models[("qwen35moe", "f32")]), fused=True)
     rng = np.random.default_rng(11)
-    requests = [Request(p, int(n), stop_at_eos=False) for p, n in zip(_prompts(rng, 7), rng.integers(1, 6, 7))]
+    requests = [Request(p, int(n), stop_at_eos=False)
+                for p, n in zip(_prompts(rng, 7), rng.integers(1, 6, 7))]
     sched = Scheduler(model, 2, n_ctx=64)
     for r in requests:
         sched.submit(r)
@@ -129,7 +132,8 @@ def test_cancel_frees_the_slot_and_spares_the_others(models):
 def test_sampling_is_per_sequence_reproducible(models):
     model = HybridModel(str(models[("qwen35", "f32")]), fused=True)
     rng = np.random.default_rng(1)
-    requests = [Request(p, 6, temperature=0.8, seed=s, stop_at_eos=False) for s, p in enumerate(_prompts(rng, 3))]
+    requests = [Request(p, 6, temperature=0.8, seed=s, stop_at_eos=False)
+                for s, p in enumerate(_prompts(rng, 3))]
     together = _generate(model, requests, 3)
     assert together == [_generate(model, [r], 1)[0] for r in requests]
     assert together != _generate(model, [Request(r.prompt, 6, stop_at_eos=False) for r in requests], 3)
@@ -152,3 +156,30 @@ def test_bad_requests_and_slots_are_refused(models):
         sched.submit(Request((1, 2, 3), 7))
     with pytest.raises(InputError, match="prompt of >= 1 token"):
         sched.submit(Request((), 3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_fused_unfused_and_isolation(models, arch):
+    """On the GPU (Triton kernel for the fused node): fused == unfused greedy tokens, logits
+    within tolerance and close to the CPU; K = 1..8 sequences together equal alone."""
+    path = str(models[(arch, "f32")])
+    rng = np.random.default_rng(2)
+    prompt = _prompts(rng, 1)[0] + (4, 5)
+    cpu = HybridModel(path, fused=False).logits(prompt).numpy()
+    out = {}
+    for fused in (False, True):
+        model = HybridModel(path, fused=fused, device="cuda")
+        logits = model.logits(prompt).cpu().numpy()
+        out[fused] = logits, _generate(model, [Request(prompt, 8, stop_at_eos=False)], 1)[0]
+        assert np.abs(logits - cpu).max() <= 1e-3
+    assert out[True][1] == out[False][1]
+    assert np.abs(out[True][0] - out[False][0]).max() <= 1e-3
+    model = HybridModel(path, fused=True, device="cuda")
+    for k in (1, 3, 8):
+        requests = [Request(p, int(rng.integers(1, 9)), stop_at_eos=False, arrival=int(rng.integers(0, 4)))
+                    for p in _prompts(rng, k)]
+        alone = [_generate(model, [Request(r.prompt, r.max_new_tokens, stop_at_eos=False)], 1)[0]
+                 for r in requests]
+        assert _generate(model, requests, k) == alone, f"K={k}"

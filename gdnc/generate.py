@@ -1,0 +1,140 @@
+"""``gdnc run MODEL.gguf -p ...``: generate text for several prompts at once and report speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from gdnc.errors import InputError
+from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.runtime.generation import Request, Scheduler, Sequence
+from gdnc.runtime.hybrid_runner import HybridModel
+
+
+@dataclass
+class GenerateOptions:
+    prompts: list[str]
+    n_new: int = 32
+    parallel: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    fused: bool = True
+    ctx: int | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class TextStream:
+    """Incremental detokenizer: ``push(token)`` returns the text that became printable (a
+    token that ends inside a UTF-8 character waits for the rest)."""
+
+    tokenizer: GgufTokenizer
+    ids: list[int] = field(default_factory=list)
+    shown: int = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special=True)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.shown = text[self.shown:], len(text)
+        return new
+
+
+def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokenizer, list[list[int]]]:
+    if not opts.prompts:
+        raise InputError("give at least one prompt: -p TEXT")
+    if opts.n_new < 1:
+        raise InputError(f"-n must be >= 1, got {opts.n_new}")
+    model = HybridModel(str(path), fused=opts.fused, device=opts.device)
+    tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
+    ids = [tokenizer.encode(p) for p in opts.prompts]
+    for text, toks in zip(opts.prompts, ids):
+        if not toks:
+            raise InputError(f"prompt {text!r} encodes to no tokens")
+    ctx = opts.ctx or max(len(t) for t in ids) + opts.n_new
+    parallel = min(opts.parallel or len(ids), len(ids))
+    sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
+    for i, toks in enumerate(ids):
+        sched.submit(Request(tuple(toks), opts.n_new, opts.temperature, opts.seed + i))
+    if opts.fused:
+        model.fused_executor()  # build before timing starts
+    return sched, tokenizer, ids
+
+
+def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console, *,
+                  as_json: bool = False, quiet: bool = False) -> list[Sequence]:
+    """Generate, streaming text to ``out`` (one sequence: token by token; several: each as it
+    finishes), then a tokens/s line on ``err``; ``as_json``: one JSON line per sequence and
+    one with the timing."""
+    with err.status("loading and building graphs", spinner="dots") if not (quiet or as_json) \
+            else _Null():
+        sched, tokenizer, ids = _scheduler(path, opts)
+    streams = [TextStream(tokenizer) for _ in ids]
+    single = len(ids) == 1 and not as_json
+
+    def on_token(seq_id: int, token: int) -> None:
+        piece = streams[seq_id].push(token)
+        if single:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        elif not as_json and sched.sequences[seq_id].status != "running":
+            _print_sequence(out, seq_id, opts.prompts[seq_id], streams[seq_id], quiet)
+
+    if single and not quiet:
+        sys.stdout.write(opts.prompts[0])
+    sched.run(on_token)
+    if single:
+        sys.stdout.write("\n")
+    model = sched.model
+    timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": opts.fused,
+              "parallel": sched.pool.slots, "fused_graph_nodes": model.stats.fused_nodes,
+              "fused_graph_builds": model.stats.fused_builds,
+              "unfused_graph_builds": model.stats.unfused_builds,
+              "unfused_graph_nodes": {",".join(map(str, k)): v
+                                      for k, v in model.stats.unfused_nodes.items()}}
+    if as_json:
+        for seq, toks in zip(sched.sequences, ids):
+            sys.stdout.write(json.dumps({
+                "prompt": opts.prompts[seq.id], "prompt_ids": toks, "generated_ids": seq.generated,
+                "text": tokenizer.decode(seq.generated, skip_special=True),
+                "finish_reason": seq.finish_reason}) + "\n")
+        sys.stdout.write(json.dumps({"timing": timing}) + "\n")
+    elif not quiet:
+        t = sched.timing
+        graphs = (f"fused graph: {model.stats.fused_nodes} nodes, built once" if opts.fused else
+                  f"unfused graphs: {model.stats.unfused_builds} built "
+                  f"({min(model.stats.unfused_nodes.values())}-{max(model.stats.unfused_nodes.values())} nodes)")
+        err.print(f"{t.generated} tokens for {len(ids)} sequence(s) in {t.seconds:.2f} s: "
+                  f"[bold]{timing['tokens_per_s']:.1f} tokens/s[/] generated, "
+                  f"{timing['batch_tokens_per_s']:.1f} tokens/s through the model "
+                  f"({t.prefill_tokens} prefill + {t.decode_tokens} decode, {t.steps} batches); {graphs}",
+                  highlight=False)
+    return sched.sequences
+
+
+def _print_sequence(out: Console, seq_id: int, prompt: str, stream: TextStream, quiet: bool) -> None:
+    text = stream.tokenizer.decode(stream.ids, skip_special=True)
+    if quiet:
+        out.print(text, markup=False, highlight=False)
+        return
+    out.rule(f"[{seq_id}]", align="left")
+    out.print(f"[dim]{_escape(prompt)}[/]{_escape(text)}", highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

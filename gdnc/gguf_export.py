@@ -1,0 +1,97 @@
+"""``gdnc convert MODEL.gguf``: write a GGUF hybrid as an ONNX file that onnxruntime runs.
+
+Fused (default): the graph the gdnc runtime runs (``hybrid_runner.build_fused``: one
+multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
+layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
+bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
+Inputs and outputs: ``gdnc.frontends.hybrid_graph``. Weights go to ``OUT.data`` beside the file
+(relative location); both are written through temporary files and renamed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onnx import TensorProto
+
+from gdnc import fused_op
+from gdnc.convert import TARGETS, emit_target
+from gdnc.errors import InputError
+from gdnc.frontends.gguf_file import GgufFile
+from gdnc.frontends.hybrid_config import hybrid_config
+from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.ir.graph import Model
+from gdnc.ir.to_onnx import save_onnx
+from gdnc.passes.cleanup import dead_code_elimination
+from gdnc.passes.shapes import infer_shapes
+from gdnc.runtime.hybrid_runner import build_fused
+
+DEFAULT_LENGTHS = (8,)
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """``"5,3"`` -> (5, 3): the token counts of the sequences of one batch."""
+    try:
+        lengths = tuple(int(part) for part in text.replace(" ", "").split(","))
+    except ValueError:
+        raise InputError(f"--lengths: {text!r} is not a comma-separated list of integers") from None
+    _check_lengths(lengths)
+    return lengths
+
+
+def _check_lengths(lengths: tuple[int, ...]) -> None:
+    if not lengths or min(lengths) < 1:
+        raise InputError(f"lengths {list(lengths)}: need >= 1 sequence of >= 1 token each")
+
+
+def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
+                lengths: tuple[int, ...] = DEFAULT_LENGTHS, target: str = "native") -> dict[str, Any]:
+    """Write the GGUF hybrid ``path`` as ONNX to ``output`` (weights in ``output.data``);
+    returns a small report (architecture, node counts, composition, files)."""
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    lengths = tuple(int(n) for n in lengths)
+    if unfused:
+        _check_lengths(lengths)
+    src, dst = Path(path), Path(output)
+    if dst.resolve() == src.resolve():
+        raise InputError(f"{dst}: the output would overwrite the input")
+    f = GgufFile(src)
+    cfg = hybrid_config(f)
+    if unfused:
+        model = build_unfused(f, Composition(lengths), cfg)
+    else:
+        model = build_fused(f, cfg)
+        dead_code_elimination(model.graph)  # drops the template's cu_seqlens constants, now unread
+        infer_shapes(model)  # lift_composition forgot the template's inner shapes; targets need ranks
+        emit_target(model, target)
+    _declare_outputs(model, cfg.n_vocab)
+    save_onnx(model, dst, external_data=True)
+    ops = model.graph.op_histogram()
+    data = dst.parent / (dst.name + ".data")
+    return {
+        "architecture": cfg.arch,
+        "fused": not unfused,
+        "target": None if unfused else target,
+        "composition": list(lengths) if unfused else None,
+        "nodes": len(model.graph),
+        "gated_delta_net_nodes": ops.get(f"{fused_op.DOMAIN}::{fused_op.OP_TYPE}", 0),
+        "recurrent_layers": sum(cfg.recurrent),
+        "layers": cfg.n_layer,
+        "output": str(dst),
+        "external_data": str(data) if data.exists() else None,
+    }
+
+
+def _declare_outputs(model: Model, n_vocab: int) -> None:
+    """Type the graph outputs (the builders leave them untyped; ONNX wants dtype and shape):
+    ``logits`` [O, n_vocab], each ``<pool>.out`` as its pool input."""
+    g = model.graph
+    for name in g.outputs:
+        v = g.value(name)
+        if name == "logits":
+            v.dtype, v.shape = TensorProto.FLOAT, ("O", n_vocab)
+        elif name.endswith(".out") and name[: -len(".out")] in g.inputs:
+            pool = g.value(name[: -len(".out")])
+            v.dtype, v.shape = pool.dtype, pool.shape
