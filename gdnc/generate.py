@@ -106,9 +106,9 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
         sys.stdout.write(json.dumps({"timing": timing}) + "\n")
     elif not quiet:
         t = sched.timing
+        sizes = model.stats.unfused_nodes.values()
         graphs = (f"fused graph: {model.stats.fused_nodes} nodes, built once" if opts.fused else
-                  f"unfused graphs: {model.stats.unfused_builds} built "
-                  f"({min(model.stats.unfused_nodes.values())}-{max(model.stats.unfused_nodes.values())} nodes)")
+                  f"unfused graphs: {model.stats.unfused_builds} built ({min(sizes)}-{max(sizes)} nodes)")
         err.print(f"{t.generated} tokens for {len(ids)} sequence(s) in {t.seconds:.2f} s: "
                   f"[bold]{timing['tokens_per_s']:.1f} tokens/s[/] generated, "
                   f"{timing['batch_tokens_per_s']:.1f} tokens/s through the model "
