@@ -1,0 +1,170 @@
+"""The ``delta-net-sequences`` rule on GGUF batch graphs: N per-sequence chains over a state
+pool become ONE GatedDeltaNet; chains that do not fit fall back to one-chain fusion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from gdnc.frontends.gguf_file import GgufFile
+from gdnc.frontends.hybrid_config import hybrid_config
+from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.passes.pipeline import fuse_model
+from gdnc.runtime.executor import Executor
+from gdnc.runtime.hybrid_runner import Entry, StatePool, batch_feeds
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
+ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
+FUSED = "ai.gdnc::GatedDeltaNet"
+RULE = "delta-net-sequences"
+MAX_ABS = 1e-4
+Edit = Callable[[Graph], None]
+
+
+def _file(arch: str) -> GgufFile:
+    return GgufFile(FIXTURES / f"{arch}-fixture-f32.gguf")
+
+
+def _build(arch: str, lengths: tuple[int, ...], edit: Edit | None = None) -> Model:
+    model = build_unfused(_file(arch), Composition.of(*lengths))
+    if edit is not None:
+        edit(model.graph)
+    return model
+
+
+def _writes(g: Graph, pool: str) -> list[Node]:
+    """The chained ScatterND writes into ``pool``, in sequence order."""
+    out, data = [], pool
+    while (nxt := [g.node(n) for n in g.consumers(data) if g.node(n).op_type == "ScatterND"
+                   and g.node(n).inputs[0] == data]):
+        out.append(nxt[0])
+        data = nxt[0].outputs[0]
+    return out
+
+
+def _gdn_nodes(g: Graph) -> list[Node]:
+    return [n for _, n in g.nodes() if n.qualified_op == FUSED]
+
+
+@pytest.mark.parametrize("lengths", [(2, 3), (1, 1, 1, 1), (4,)])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_one_node_per_layer(arch: str, lengths: tuple[int, ...]) -> None:
+    model = _build(arch, lengths)
+    report = fuse_model(model)
+    g = model.graph
+    assert g.op_histogram()[FUSED] == 3
+    cu = [0, *np.cumsum(lengths).tolist()]
+    pools = set()
+    for node in _gdn_nodes(g):
+        assert g.const_value(node.inputs[6]).tolist() == cu
+        assert node.inputs[5] in g.inputs and node.inputs[5].startswith("ssm_state.")
+        assert node.inputs[7:9] == ["state_slots", "state_slots"]
+        pools.add(node.inputs[5])
+    assert pools == {"ssm_state.0", "ssm_state.1", "ssm_state.2"}
+    assert not any(n.op_type == "ScatterND" and any(i.startswith("ssm_state.") for i in n.inputs)
+                   for _, n in g.nodes())
+    assert [(c.sequences, c.steps) for c in report.chains] == [(len(lengths), sum(lengths))] * 3
+    assert not [m for m in report.misses if m.rule == RULE]
+
+
+def _run_both(arch: str, edit: Edit | None = None) -> None:
+    """Unfused and fused graphs of lengths (2, 3) (both with ``edit``) agree on a pool of 3
+    slots with non-zero states, the sequences in slots (2, 0); slot 1 is left untouched."""
+    cfg = hybrid_config(_file(arch))
+    gen = torch.Generator().manual_seed(0)
+    pool = StatePool(cfg, 3, 16, "cpu")
+    pool.n_past = [3, 5, 2]
+    for name, t in pool.tensors.items():
+        if name.startswith(("k_cache", "v_cache")):
+            for slot, past in enumerate(pool.n_past):
+                t[slot, :past] = torch.randn(past, *t.shape[2:], generator=gen)
+        else:
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+    batch = [Entry(2, (5, 17)), Entry(0, (1, 30, 9))]
+    feeds = batch_feeds(cfg, pool, batch, all_logits=True)
+    unfused = _build(arch, (2, 3), edit)
+    fused = _build(arch, (2, 3), edit)
+    fuse_model(fused)
+    results = []
+    for model in (unfused, fused):
+        ex = Executor(model)
+        wanted = {n: feeds[n] for n in ex.input_names if n in feeds}
+        results.append(ex.run({**wanted, **{n: t.clone() for n, t in pool.tensors.items()}}))
+    want, got = results
+    assert want.keys() == got.keys()
+    for name in want:
+        assert (want[name] - got[name]).abs().max().item() <= MAX_ABS, name
+    for name, t in pool.tensors.items():
+        for outs in results:
+            assert torch.equal(outs[f"{name}.out"][1], t[1]), name
+        assert not torch.equal(got[f"{name}.out"][2], t[2]), name  # the batch did write slot 2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_matches_unfused_on_a_filled_pool(arch: str) -> None:
+    _run_both(arch)
+
+
+def _other_slot(g: Graph) -> None:
+    """Sequence 1 of layer 0 writes its final state to slot state_slots[0]."""
+    first, second = _writes(g, "ssm_state.0")
+    g.set_input(g.node_ids()[0] * 0 + next(n for n, node in g.nodes() if node is second), 1,
+                first.inputs[1])
+
+
+def _peek_pool(g: Graph) -> None:
+    """The pool after sequence 0's write of layer 0 is also a graph output."""
+    first = _writes(g, "ssm_state.0")[0]
+    g.add_node(Node("Identity", [first.outputs[0]], ["pool_peek"]))
+    g.outputs.append("pool_peek")
+
+
+def _swap_rows(g: Graph) -> None:
+    """Sequence 1 of layer 0 reads packed rows 3, 2, 4 instead of 2, 3, 4."""
+    last_write = next(n for n, node in g.nodes() if node is _writes(g, "ssm_state.0")[-1])
+    upstream = nx.ancestors(g.nx, last_write)
+    rows: dict[str, dict[int, int]] = {}  # packed tensor -> row -> Gather node
+    for nid in upstream:
+        node = g.node(nid)
+        r = g.const_value(node.inputs[1]) if node.op_type == "Gather" else None
+        if r is not None and r.ndim == 0 and node.attr("axis", 0) == 0:
+            rows.setdefault(node.inputs[0], {})[int(r)] = nid
+    packed = {x: by_row for x, by_row in rows.items() if sorted(by_row) == list(range(5))}
+    assert len(packed) == 5  # q, k, v, g, beta
+    for by_row in packed.values():
+        a, b = by_row[2], by_row[3]
+        ra, rb = g.node(a).inputs[1], g.node(b).inputs[1]
+        g.set_input(a, 1, rb)
+        g.set_input(b, 1, ra)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_other_slot, "written to another slot than the one it was read from"),
+    (_peek_pool, "an intermediate pool is read by something else"),
+    (_swap_rows, "reads rows"),
+], ids=["other-slot", "peek-pool", "swap-rows"])
+def test_misfits_fall_back_to_one_chain_fusion(edit: Edit, reason: str) -> None:
+    model = _build("qwen35", (2, 3), edit)
+    report = fuse_model(model)
+    reasons = [m.reason for m in report.misses if m.rule == RULE]
+    assert any(reason in r for r in reasons), reasons
+    # layer 0: one node per sequence; layers 1 and 2: one node for both sequences
+    assert model.graph.op_histogram()[FUSED] == 4
+    assert sorted((c.sequences, c.steps) for c in report.chains) == [(1, 2), (1, 3), (2, 5), (2, 5)]
+    _run_both("qwen35", edit)
+
+
+def test_edits_find_their_nodes() -> None:
+    """The edits change the graph they are given (a guard against silent no-ops)."""
+    g = _build("qwen35", (2, 3)).graph
+    first, second = _writes(g, "ssm_state.0")
+    assert second.inputs[0] == first.outputs[0] and len(_writes(g, "ssm_state.1")) == 2
+    _other_slot(g)
+    assert second.inputs[1] == first.inputs[1]
+    assert make_attrs(axis=0)  # noqa: the helper stays importable for edits that need it
