@@ -126,7 +126,8 @@ def run(
         from gdnc.generate import GenerateOptions, generate_text
 
         opts = GenerateOptions(prompts=prompt, n_new=n_new, parallel=parallel, temperature=temperature,
-                               seed=seed, fused=_fused_flag(fused_gdn), ctx=ctx, device=device)
+                               seed=seed, fused=fused_gdn if _fused_flag(fused_gdn) else "off",
+                               ctx=ctx, device=device)
         generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
         return
     if inputs is None:

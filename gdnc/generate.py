@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc.errors import InputError
+from gdnc.errors import InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.hybrid_runner import HybridModel
@@ -22,7 +22,7 @@ class GenerateOptions:
     parallel: int | None = None
     temperature: float = 0.0
     seed: int = 0
-    fused: bool = True
+    fused: str = "auto"  # on, off, or auto: fused unless the pass leaves a layer unfused
     ctx: int | None = None
     device: str = "cpu"
 
@@ -50,7 +50,7 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
         raise InputError("give at least one prompt: -p TEXT")
     if opts.n_new < 1:
         raise InputError(f"-n must be >= 1, got {opts.n_new}")
-    model = HybridModel(str(path), fused=opts.fused, device=opts.device)
+    model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
     ids = [tokenizer.encode(p) for p in opts.prompts]
     for text, toks in zip(opts.prompts, ids):
@@ -61,8 +61,13 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
     for i, toks in enumerate(ids):
         sched.submit(Request(tuple(toks), opts.n_new, opts.temperature, opts.seed + i))
-    if opts.fused:
-        model.fused_executor()  # build before timing starts
+    if model.fused:
+        try:
+            model.fused_executor()  # built before the timing starts
+        except RewriteError:
+            if opts.fused == "on":
+                raise
+            model.fused = False  # auto: the unfused graphs still run the model
     return sched, tokenizer, ids
 
 
@@ -91,7 +96,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     if single:
         sys.stdout.write("\n")
     model = sched.model
-    timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": opts.fused,
+    timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": model.fused,
               "parallel": sched.pool.slots, "fused_graph_nodes": model.stats.fused_nodes,
               "fused_graph_builds": model.stats.fused_builds,
               "unfused_graph_builds": model.stats.unfused_builds,
@@ -107,7 +112,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     elif not quiet:
         t = sched.timing
         sizes = model.stats.unfused_nodes.values()
-        graphs = (f"fused graph: {model.stats.fused_nodes} nodes, built once" if opts.fused else
+        graphs = (f"fused graph: {model.stats.fused_nodes} nodes, built once" if model.fused else
                   f"unfused graphs: {model.stats.unfused_builds} built ({min(sizes)}-{max(sizes)} nodes)")
         err.print(f"{t.generated} tokens for {len(ids)} sequence(s) in {t.seconds:.2f} s: "
                   f"[bold]{timing['tokens_per_s']:.1f} tokens/s[/] generated, "
