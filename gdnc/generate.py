@@ -57,6 +57,8 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
         if not toks:
             raise InputError(f"prompt {text!r} encodes to no tokens")
     ctx = opts.ctx or max(len(t) for t in ids) + opts.n_new
+    if opts.parallel is not None and opts.parallel < 1:
+        raise InputError(f"--parallel must be >= 1, got {opts.parallel}")
     parallel = min(opts.parallel or len(ids), len(ids))
     sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
     for i, toks in enumerate(ids):
@@ -118,7 +120,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
                   f"[bold]{timing['tokens_per_s']:.1f} tokens/s[/] generated, "
                   f"{timing['batch_tokens_per_s']:.1f} tokens/s through the model "
                   f"({t.prefill_tokens} prefill + {t.decode_tokens} decode, {t.steps} batches); {graphs}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     return sched.sequences
 
 

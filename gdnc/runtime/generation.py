@@ -88,9 +88,10 @@ class Scheduler:
     def submit(self, request: Request) -> int:
         if not request.prompt:
             raise InputError("a request needs a prompt of >= 1 token")
-        if request.max_new_tokens < 0 or request.temperature < 0:
-            raise InputError(f"max_new_tokens {request.max_new_tokens} and temperature "
-                             f"{request.temperature} must be >= 0")
+        if request.max_new_tokens < 0:
+            raise InputError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
+        if request.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {request.temperature}")
         if len(request.prompt) + request.max_new_tokens - 1 > self.pool.n_ctx:
             raise InputError(f"prompt of {len(request.prompt)} + {request.max_new_tokens} new tokens "
                              f"exceed the context of {self.pool.n_ctx}")

@@ -38,6 +38,19 @@ class Entry:
     tokens: tuple[int, ...]
 
 
+def runtime_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device this machine has; InputError otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r}: no CUDA device on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r}: gdnc runs on cpu or cuda")
+    return device
+
+
 class PoolFullError(InputError):
     """Every slot of the state pool holds a live sequence."""
 
@@ -149,7 +162,7 @@ class HybridModel:
     """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
 
     def __init__(self, path: str, fused: bool = True, device: str = "cpu") -> None:
-        self.path, self.fused, self.device = str(path), fused, torch.device(device)
+        self.path, self.fused, self.device = str(path), fused, runtime_device(device)
         self.file = GgufFile(path)
         self.cfg = hybrid_config(self.file)
         self.stats = GraphStats()
