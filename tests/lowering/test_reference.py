@@ -620,3 +620,27 @@ def test_fused_node_output_count(n):
     _, batch = _batch_inputs()
     with pytest.raises(OpArgumentError, match=f"{n} outputs requested"):
         run_fused_node(batch, GdnAttrs(), n)
+
+
+@pytest.mark.parametrize("algorithm", ["recurrent", "chunked"])
+def test_cpu_kernels_run_in_and_out_of_inference_mode(algorithm):
+    """The CPU kernels' cached workspace is shared by calls inside ``torch.inference_mode``
+    (the runtime) and outside it; one must not poison the other."""
+    torch.manual_seed(0)
+    T, H, K = 5, 2, 8
+    q, k, v = (torch.randn(T, H, K) for _ in range(3))
+    g, beta = -torch.rand(T, H), torch.rand(T, H)
+    cu, slots = torch.tensor([0, 2, T]), torch.tensor([1, 0])
+    results = []
+    for inference in (True, False, True):
+        pool = torch.randn(2, H, K, K, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode(inference):
+            o = gated_delta_net(q, k, v, g, beta, pool, cu, slots, slots, backend="cpu",
+                                algorithm=algorithm)
+        results.append((o.clone(), pool.clone()))
+    ref_pool = torch.randn(2, H, K, K, generator=torch.Generator().manual_seed(1)).double()
+    ref_o = gated_delta_net(q.double(), k.double(), v.double(), g.double(), beta.double(), ref_pool,
+                            cu, slots, slots, backend="reference")
+    for o, pool in results:
+        assert torch.allclose(o.double(), ref_o, atol=1e-4)
+        assert torch.allclose(pool.double(), ref_pool, atol=1e-4)

@@ -39,10 +39,14 @@ _WORK = threading.local()
 
 
 def _workspace(numel: int) -> torch.Tensor:
-    """A cached fp32 buffer of ``numel`` elements, one per thread (reused across calls)."""
+    """A cached fp32 buffer of ``numel`` elements, one per thread (reused across calls).
+
+    Made outside inference mode, so that calls in and out of ``torch.inference_mode`` (the
+    runtime's executor, a plain caller) can both write it."""
     buf = getattr(_WORK, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=F32)
+        with torch.inference_mode(False):
+            buf = torch.empty(numel, dtype=F32)
         _WORK.buf = buf
     return buf[:numel]
 
