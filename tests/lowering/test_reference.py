@@ -630,15 +630,15 @@ def test_cpu_kernels_run_in_and_out_of_inference_mode(algorithm):
     T, H, K = 5, 2, 8
     q, k, v = (torch.randn(T, H, K) for _ in range(3))
     g, beta = -torch.rand(T, H), torch.rand(T, H)
-    cu, slots = torch.tensor([0, 2, T]), torch.tensor([1, 0])
+    cu, slots = torch.tensor([0, 2, T]), torch.tensor([2, 0])  # not a slot range: workspace
     results = []
     for inference in (True, False, True):
-        pool = torch.randn(2, H, K, K, generator=torch.Generator().manual_seed(1))
+        pool = torch.randn(3, H, K, K, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode(inference):
             o = gated_delta_net(q, k, v, g, beta, pool, cu, slots, slots, backend="cpu",
                                 algorithm=algorithm)
         results.append((o.clone(), pool.clone()))
-    ref_pool = torch.randn(2, H, K, K, generator=torch.Generator().manual_seed(1)).double()
+    ref_pool = torch.randn(3, H, K, K, generator=torch.Generator().manual_seed(1)).double()
     ref_o = gated_delta_net(q.double(), k.double(), v.double(), g.double(), beta.double(), ref_pool,
                             cu, slots, slots, backend="reference")
     for o, pool in results:
