@@ -81,11 +81,27 @@ class HybridWeights:
         self.f, self.cfg = f, cfg
         for i in range(cfg.n_layer):  # refuse files of the wrong kind before building
             name = f"blk.{i}.attn_qkv.weight" if cfg.recurrent[i] else f"blk.{i}.attn_q.weight"
-            if not f.has_tensor(name):
+            if not f.has_tensor(name) and not (cfg.recurrent[i] and f.has_tensor(f"blk.{i}.ssm_in.weight")):
                 raise ModelLoadError(f"{f.path}: tensor {name!r} is missing")
 
     def __call__(self, name: str, *shape: int) -> np.ndarray:
         return self.f.tensor(name, tuple(shape))
+
+
+def _qkv_z(w: HybridWeights, c: HybridConfig, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """The q|k|v projection [channels, E] and the z projection [HV*V, E] of layer i.
+
+    Older qwen3next files hold both in ``ssm_in`` [2*H*K + 2*HV*V, E], rows grouped per key
+    head g as [q_g (K), k_g (K), v_g (r*V), z_g (r*V)] (r = HV/H); newer ones split them into
+    ``attn_qkv`` (all q, all k, all v) and ``attn_gate``."""
+    E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
+    if not w.f.has_tensor(f"blk.{i}.ssm_in.weight"):
+        return w(f"blk.{i}.attn_qkv.weight", c.conv_channels, E), w(f"blk.{i}.attn_gate.weight", HV * V, E)
+    r = HV // H
+    grouped = w(f"blk.{i}.ssm_in.weight", 2 * H * K + 2 * HV * V, E).reshape(H, 2 * K + 2 * r * V, E)
+    q, k, v, z = np.split(grouped, [K, 2 * K, 2 * K + r * V], axis=1)
+    qkv = np.concatenate([q.reshape(-1, E), k.reshape(-1, E), v.reshape(-1, E)])
+    return qkv, z.reshape(-1, E)
 
 
 def _ssm_ba(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple[str, str]:
@@ -157,8 +173,9 @@ def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
                      comp: Composition) -> str:
     E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
     ch = c.conv_channels
-    qkv = e.matmul_t(h, w(f"blk.{i}.attn_qkv.weight", ch, E), f"blk.{i}.attn_qkv")
-    z = e.matmul_t(h, w(f"blk.{i}.attn_gate.weight", HV * V, E), f"blk.{i}.attn_gate")
+    qkv_w, z_w = _qkv_z(w, c, i)
+    qkv = e.matmul_t(h, qkv_w, f"blk.{i}.attn_qkv")
+    z = e.matmul_t(h, z_w, f"blk.{i}.attn_gate")
     b, a = _ssm_ba(e, w, c, h, i)
     x = _conv(e, w, c, qkv, i)
     q = e.l2_norm(e.reshape(e.slice(x, 1, 0, H * K), [-1, H, K]), L2NORM_EPS)

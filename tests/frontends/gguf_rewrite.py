@@ -14,7 +14,8 @@ def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
             tensors: Mapping[str, np.ndarray] | None = None, drop: tuple[str, ...] = (),
             qtype: GGMLQuantizationType | None = None) -> Path:
     """Write ``dst``: ``src`` with the architecture renamed (keys re-prefixed), tensors replaced
-    or dropped, and every 2-D weight quantized to ``qtype`` when given."""
+    (numpy order; names not in ``src`` are appended) or dropped, and every 2-D weight quantized
+    to ``qtype`` when given."""
     reader = GGUFReader(src)
     old_arch = str(reader.fields["general.architecture"].contents())
     new_arch = arch or old_arch
@@ -26,14 +27,16 @@ def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
         vtype = field.types[0]
         sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub)
-    for t in reader.tensors:
-        if t.name in drop:
+    added = [(name, data) for name, data in (tensors or {}).items()
+             if name not in {t.name for t in reader.tensors}]
+    for name, raw in [(t.name, t.data) for t in reader.tensors] + added:
+        if name in drop:
             continue
-        data = np.asarray((tensors or {}).get(t.name, t.data), dtype=np.float32)
+        data = np.asarray((tensors or {}).get(name, raw), dtype=np.float32)
         if qtype is not None and data.ndim >= 2 and data.shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0:
-            writer.add_tensor(t.name, quantize(data, qtype), raw_dtype=qtype)
+            writer.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
         else:
-            writer.add_tensor(t.name, data)
+            writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

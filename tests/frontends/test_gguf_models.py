@@ -133,3 +133,23 @@ def test_wrong_tensor_shape_and_missing_tensor_are_refused(tmp_path):
 def test_out_of_range_tokens_are_refused():
     with pytest.raises(InputError, match="tokens: need >= 1 id in 0..383, got 384"):
         HybridModel(str(gguf_path("qwen35"))).logits([1, 384])
+
+
+def test_older_qwen3next_layout_with_ssm_in(tmp_path):
+    """Older qwen3next files hold q, k, v and z in one ``ssm_in``, grouped per key head."""
+    src = GgufFile(gguf_path("qwen3next"))
+    H, K, E = 3, 16, 96  # fixture: 3 key heads, head dim 16, 2 value heads per key head
+    tensors, drop = {}, []
+    for i in range(3):
+        qkv = src.tensor(f"blk.{i}.attn_qkv.weight")
+        gate = src.tensor(f"blk.{i}.attn_gate.weight")
+        q, k = qkv[:H * K].reshape(H, K, E), qkv[H * K:2 * H * K].reshape(H, K, E)
+        v, z = qkv[2 * H * K:].reshape(H, -1, E), gate.reshape(H, -1, E)
+        tensors[f"blk.{i}.ssm_in.weight"] = np.concatenate([q, k, v, z], axis=1).reshape(-1, E)
+        drop += [f"blk.{i}.attn_qkv.weight", f"blk.{i}.attn_gate.weight"]
+    path = rewrite(gguf_path("qwen3next"), tmp_path / "old.gguf", tensors=tensors, drop=tuple(drop))
+    assert not GgufFile(path).has_tensor("blk.0.attn_qkv.weight")
+    ref = reference("qwen3next")
+    for fused in (False, True):
+        logits = HybridModel(str(path), fused=fused).logits(ref["prompt1"]).numpy()
+        assert np.abs(logits - ref["hf_1"]).max() <= MAX_ABS
