@@ -199,15 +199,17 @@ def run_fused_node(
     *,
     backend: str = "auto",
     algorithm: str = "auto",
+    in_place: bool = False,
 ) -> list[torch.Tensor]:
     """Execute one ``ai.gdnc::GatedDeltaNet`` node functionally (contract: ``gdnc.fused_op``).
 
     ``inputs`` follow ``fused_op.INPUTS`` (trailing ones may be dropped, optional ones None);
     returns the first ``num_outputs`` of [o, final_state, token_states]. No input is mutated:
-    the state/pool is copied before the update. Batch layout ([B, T, ...], N = B) runs packed
-    with cu_seqlens = arange(B+1)*T; o comes back as [B, T, HV, V], token_states stays
-    [B*T, HV, K, V]. Without a state input the states start from zeros in fp32 (fp64 when v
-    is fp64).
+    the state/pool is copied before the update, unless ``in_place`` (the caller gives the
+    pool away: a contiguous pool is then updated and returned as it is). Batch layout
+    ([B, T, ...], N = B) runs packed with cu_seqlens = arange(B+1)*T; o comes back as
+    [B, T, HV, V], token_states stays [B*T, HV, K, V]. Without a state input the states start
+    from zeros in fp32 (fp64 when v is fp64).
     """
     if not 1 <= num_outputs <= len(OUTPUTS):
         raise OpArgumentError(f"GatedDeltaNet: {num_outputs} outputs requested, 1..3 exist")
@@ -254,7 +256,7 @@ def run_fused_node(
                 f"gated_delta_net: state: without state indices it must hold the N = {N} "
                 f"initial states, got shape {list(state.shape)}"
             )
-        pool = state.clone()
+        pool = state if in_place and state.is_contiguous() else state.clone()
     token_states = None
     if num_outputs == 3:
         token_states = torch.empty(q.shape[0], HV, *state_dims, dtype=pool.dtype, device=q.device)

@@ -6,8 +6,8 @@ The plan (topological order, implementations, attribute decoding, last uses) is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,10 +30,31 @@ class _Step:
     frees: tuple[str, ...]
 
 
+# ops whose outputs never alias their inputs: a reader of this kind that ran earlier leaves a
+# donated input free to be overwritten by its last reader
+_COPYING_OPS = frozenset({"Gather"})
+
+
+def _donations(graph: Graph, nid: int, position: int, last_use: Mapping[str, int],
+               donate: set[str]) -> frozenset[int]:
+    """Input positions of node ``nid`` (at ``position`` in the plan) it may overwrite: donated
+    graph inputs it reads once, last, after only copying readers."""
+    node = graph.node(nid)
+    out = set()
+    for j, name in enumerate(node.inputs):
+        if name not in donate or node.inputs.count(name) != 1 or last_use.get(name) != position:
+            continue
+        others = [graph.node(c) for c in graph.consumers(name) if c != nid]
+        if all(o.op_type in _COPYING_OPS and o.domain in ("", "ai.onnx") for o in others):
+            out.add(j)
+    return frozenset(out)
+
+
 class GraphRunner:
     """A compiled plan for one graph (the main graph or a subgraph)."""
 
-    def __init__(self, graph: Graph, opsets: Mapping[str, int], device: torch.device) -> None:
+    def __init__(self, graph: Graph, opsets: Mapping[str, int], device: torch.device,
+                 donate: Iterable[str] = ()) -> None:
         self.graph = graph
         self.device = device
         self.constants = {
@@ -46,6 +67,7 @@ class GraphRunner:
             for name in graph.node(nid).inputs:
                 last_use[name] = i
         keep = set(graph.outputs) | set(self.constants)
+        donate = {n for n in donate if n in graph.inputs and n not in keep}
         steps = []
         for i, nid in enumerate(order):
             node = graph.node(nid)
@@ -53,8 +75,9 @@ class GraphRunner:
             impl = lookup(node.domain, node.op_type, opset)
             frees = tuple(n for n in dict.fromkeys(node.inputs)
                           if n and last_use.get(n) == i and n not in keep)
-            steps.append(_Step(impl, op_context(node, opset, self._subgraph_runner(opsets)),
-                               tuple(node.inputs), tuple(node.outputs), frees))
+            ctx = op_context(node, opset, self._subgraph_runner(opsets))
+            ctx = replace(ctx, donated=_donations(graph, nid, i, last_use, donate))
+            steps.append(_Step(impl, ctx, tuple(node.inputs), tuple(node.outputs), frees))
         self.steps = steps
 
     def _subgraph_runner(self, opsets: Mapping[str, int]):
@@ -81,12 +104,16 @@ class GraphRunner:
 
 
 class Executor:
-    """Run a Model: ``Executor(model).run({"x": array}) -> {"y": tensor}``."""
+    """Run a Model: ``Executor(model).run({"x": array}) -> {"y": tensor}``.
 
-    def __init__(self, model: Model, device: str | torch.device = "cpu") -> None:
+    ``donate`` names graph inputs whose tensors the caller hands over: the run may update them
+    in place (a state pool written back by ScatterND or a GatedDeltaNet node), so the caller
+    must not read them afterwards, only the outputs."""
+
+    def __init__(self, model: Model, device: str | torch.device = "cpu", donate: Iterable[str] = ()) -> None:
         self.model = model
         self.device = torch.device(device)
-        self.runner = GraphRunner(model.graph, model.opset_imports, self.device)
+        self.runner = GraphRunner(model.graph, model.opset_imports, self.device, donate)
 
     @property
     def input_names(self) -> list[str]:

@@ -12,7 +12,8 @@ from gdnc.runtime.registry import OpContext, register
 @register(fused_op.OP_TYPE, domain=fused_op.DOMAIN)
 def gated_delta_net(ctx: OpContext, inputs: list) -> list:
     """The fused node, through the best available kernel (see ``gdnc.ops``)."""
-    return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs)
+    return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs,
+                          in_place=5 in ctx.donated)
 
 
 @register("LinearAttention", domain="com.microsoft")

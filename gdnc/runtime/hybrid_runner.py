@@ -158,6 +158,12 @@ class GraphStats:
     unfused_nodes: dict[tuple[int, ...], int] = field(default_factory=dict)
 
 
+def _pool_inputs(model: Model) -> list[str]:
+    """The pool inputs of a batch graph: ``forward`` replaces them by their ``.out`` outputs,
+    so the executor may update them in place."""
+    return [n for n in model.graph.inputs if f"{n}.out" in model.graph.outputs]
+
+
 class HybridModel:
     """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
 
@@ -177,7 +183,7 @@ class HybridModel:
     def fused_executor(self) -> Executor:
         if self._fused is None:
             model = build_fused(self.file, self.cfg)
-            self._fused = Executor(model, self.device)
+            self._fused = Executor(model, self.device, donate=_pool_inputs(model))
             self.stats.fused_builds += 1
             self.stats.fused_nodes = len(model.graph)
         return self._fused
@@ -187,7 +193,7 @@ class HybridModel:
             self._unfused.move_to_end(comp)
         else:
             model = build_unfused(self.file, comp, self.cfg)
-            self._unfused[comp] = Executor(model, self.device)
+            self._unfused[comp] = Executor(model, self.device, donate=_pool_inputs(model))
             self.stats.unfused_builds += 1
             self.stats.unfused_nodes[comp.lengths] = len(model.graph)
             while len(self._unfused) > CACHED_UNFUSED:

@@ -32,6 +32,8 @@ class OpContext:
     num_outputs: int
     node_name: str = ""
     run_subgraph: Callable[..., list[torch.Tensor]] | None = field(default=None, repr=False)
+    # input positions whose tensors this call owns and may overwrite (nothing reads them after)
+    donated: frozenset[int] = frozenset()
 
     def attr(self, name: str, default: Any = None) -> Any:
         return self.attrs.get(name, default)

@@ -183,3 +183,17 @@ def test_cuda_fused_unfused_and_isolation(models, arch):
         alone = [_generate(model, [Request(r.prompt, r.max_new_tokens, stop_at_eos=False)], 1)[0]
                  for r in requests]
         assert _generate(model, requests, k) == alone, f"K={k}"
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_pools_are_updated_in_place(models, fused):
+    """The executor owns the pools during a batch: the fused graph writes every pool in place
+    (no copy per step); the unfused one copies the delta-net pools (read after its writes)."""
+    model = HybridModel(str(models[("qwen35", "f32")]), fused=fused)
+    pool = model.new_pool(2, 16)
+    slots = [pool.allocate(), pool.allocate()]
+    before = {name: t.data_ptr() for name, t in pool.tensors.items()}
+    model.forward(pool, [Entry(slots[0], (1, 2, 3)), Entry(slots[1], (4,))])
+    same = {name for name, t in pool.tensors.items() if t.data_ptr() == before[name]}
+    kv_and_conv = {n for n in pool.tensors if not n.startswith("ssm_state.")}
+    assert same == (set(pool.tensors) if fused else kv_and_conv)

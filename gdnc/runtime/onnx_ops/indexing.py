@@ -82,7 +82,9 @@ def _scatter_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     data, index, updates = inputs
     k = index.shape[-1]
     tail = data.shape[k:]
-    out = data.reshape(math.prod(data.shape[:k]), *tail).clone()
+    rows_view = data.reshape(math.prod(data.shape[:k]), *tail)
+    in_place = 0 in ctx.donated and data.is_contiguous()  # the caller's pool, updated in place
+    out = rows_view if in_place else rows_view.clone()
     rows = _linear_index(index, data.shape[:k]).reshape(-1)
     updates = updates.reshape(-1, *tail)
     reduce = _reduction(ctx)
