@@ -10,7 +10,6 @@ Usage: PYTHONPATH=. python3 benchmarks/bench_generate.py [--device cuda] [--out 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import tempfile
@@ -20,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from examples.make_gguf_models import write_models
 from gdnc.runtime.hybrid_runner import Entry, HybridModel
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sync(device: str) -> None:
@@ -80,15 +78,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
-    script = ROOT / "examples" / "make_gguf_models.py"
-    spec = importlib.util.spec_from_file_location("make_gguf_models", script)
-    writer = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(writer)  # type: ignore[union-attr]
     cuda = args.device.startswith("cuda")
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for path in writer.write_models(Path(tmp), variants=("f32",)):
+        for path in write_models(Path(tmp), variants=("f32",)):
             for b in args.batch:
                 rows.append(bench(path, args.device, b, args.prompt, args.new, args.repeats))
                 r = rows[-1]

@@ -163,7 +163,7 @@ def generate_section(runs: Sequence[dict]) -> str:
            "together; best of 3, graphs built and warmed up first. Models this small are bound by "
            "per-op overhead, not by memory (weights ≈ 1 MB), so % of copy bandwidth says nothing "
            "here; the ratio fused / unfused measured in the same run is the figure. Reproduce: "
-           "`python3 benchmarks/bench_generate.py [--device cuda]`.", "",
+           "`PYTHONPATH=. python3 benchmarks/bench_generate.py [--device cuda]`.", "",
            "Reading: prefill gains most (the unfused graph runs ~20 ops per token, sequence and "
            "layer). At decode with B = 1 an unfused layer is one step, so both graphs are a few "
            "hundred ops and run alike; with B = 4 the fused graph stays the same size while the "

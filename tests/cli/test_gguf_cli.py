@@ -7,7 +7,6 @@ concurrently to keep the module fast.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from examples.make_gguf_models import write_models
 from tests.frontends.gguf_rewrite import rewrite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,17 +57,9 @@ def _json_lines(proc: subprocess.CompletedProcess) -> tuple[list[dict], dict]:
     return lines[:-1], lines[-1]["timing"]
 
 
-def _writer():
-    script = ROOT / "examples" / "make_gguf_models.py"
-    spec = importlib.util.spec_from_file_location("make_gguf_models", script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    paths = _writer().write_models(tmp_path_factory.mktemp("gguf"), variants=("f32",))
+    paths = write_models(tmp_path_factory.mktemp("gguf"), variants=("f32",))
     return {p.name.removesuffix("-tiny-f32.gguf"): p for p in paths}
 
 

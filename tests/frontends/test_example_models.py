@@ -6,33 +6,25 @@ byte-identical rewrites, the tokenizer, and the unfused graph.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from examples import make_gguf_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.frontends.hybrid_config import hybrid_config
 from gdnc.frontends.hybrid_graph import Composition, build_unfused
 from gdnc.ir.graph import Model
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "make_gguf_models.py"
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
 VARIANTS = ["f32", "q8_0"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_gguf_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return make_gguf_models
 
 
 @pytest.fixture(scope="module")

@@ -10,33 +10,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from examples.make_gguf_models import write_models
 from gdnc.errors import InputError
 from gdnc.runtime.generation import Request, Scheduler
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
 MAX_ABS = 1e-4
 
 
-def _writer():
-    script = ROOT / "examples" / "make_gguf_models.py"
-    spec = importlib.util.spec_from_file_location("make_gguf_models", script)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[tuple[str, str], Path]:
-    paths = _writer().write_models(tmp_path_factory.mktemp("gguf"))
+    paths = write_models(tmp_path_factory.mktemp("gguf"))
     return {tuple(p.name.removesuffix(".gguf").split("-tiny-")): p for p in paths}  # type: ignore[misc]
 
 
