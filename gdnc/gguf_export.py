@@ -13,18 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnx import TensorProto
-
 from gdnc import fused_op
 from gdnc.convert import TARGETS, emit_target
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import hybrid_config
 from gdnc.frontends.hybrid_graph import Composition, build_unfused
-from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import save_onnx
-from gdnc.passes.cleanup import dead_code_elimination
-from gdnc.passes.shapes import infer_shapes
 from gdnc.runtime.hybrid_runner import build_fused
 
 DEFAULT_LENGTHS = (8,)
@@ -63,10 +58,7 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
         model = build_unfused(f, Composition(lengths), cfg)
     else:
         model = build_fused(f, cfg)
-        dead_code_elimination(model.graph)  # drops the template's cu_seqlens constants, now unread
-        infer_shapes(model)  # lift_composition forgot the template's inner shapes; targets need ranks
         emit_target(model, target)
-    _declare_outputs(model, cfg.n_vocab)
     save_onnx(model, dst, external_data=True)
     ops = model.graph.op_histogram()
     data = dst.parent / (dst.name + ".data")
@@ -82,16 +74,3 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
         "output": str(dst),
         "external_data": str(data) if data.exists() else None,
     }
-
-
-def _declare_outputs(model: Model, n_vocab: int) -> None:
-    """Type the graph outputs (the builders leave them untyped; ONNX wants dtype and shape):
-    ``logits`` [O, n_vocab], each ``<pool>.out`` as its pool input."""
-    g = model.graph
-    for name in g.outputs:
-        v = g.value(name)
-        if name == "logits":
-            v.dtype, v.shape = TensorProto.FLOAT, ("O", n_vocab)
-        elif name.endswith(".out") and name[: -len(".out")] in g.inputs:
-            pool = g.value(name[: -len(".out")])
-            v.dtype, v.shape = pool.dtype, pool.shape

@@ -10,8 +10,8 @@ layer's N chains into ONE multi-sequence ``GatedDeltaNet`` node.
 
 Only the delta-net chains depend on the composition (the lengths T_n); every other part reads
 the batch layout from index inputs that the runtime computes (as llama.cpp's graph inputs
-do), so a fused graph serves every composition once ``lift_composition`` has turned its
-``cu_seqlens`` constant into an input.
+do), so a fused graph serves every composition once ``gdnc.passes.composition`` has turned
+its ``cu_seqlens`` constant into an input.
 
 Inputs (P pool slots, C conv kernel, n_ctx cache positions per slot, R keys attended):
 
@@ -42,17 +42,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc import fused_op
-from gdnc.errors import ModelLoadError, RewriteError
+from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
 from gdnc.ir.graph import Model, Value
 
 L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
-CU_SEQLENS = "cu_seqlens"
-BATCH_INPUTS = ("tokens", "positions", "state_slots", "conv_rows", "conv_state_rows", "kv_write",
-                "kv_read", "kv_mask", "logit_rows")
+# the batch inputs and the symbol of their leading dim (per token, per sequence, other)
+BATCH_INPUTS = {"tokens": "T", "positions": "T", "state_slots": "N", "conv_rows": "T",
+                "conv_state_rows": "N", "kv_write": "T", "kv_read": "R", "kv_mask": "T",
+                "logit_rows": "O"}
 
 
 @dataclass(frozen=True)
@@ -322,34 +322,10 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
     out_w = w("output.weight", c.n_vocab, c.n_embd) if f.has_tensor("output.weight") \
         else w("token_embd.weight", c.n_vocab, c.n_embd)
     e.output(e.matmul_t(x, out_w, "output"), "logits", first=True)
-    return e.model()
-
-
-def lift_composition(model: Model, comp: Composition) -> Model:
-    """Make a fused batch graph serve every composition: each ``GatedDeltaNet`` node's
-    ``cu_seqlens`` constant (``comp``'s) becomes the graph input ``cu_seqlens`` [N+1], and the
-    T / N dims of inputs and outputs become symbolic. Refuses a graph in which a recurrent
-    layer was not fused into one multi-sequence node (edits ``model`` in place)."""
+    model = e.model()
     g = model.graph
-    nodes = [nid for nid, n in g.nodes() if n.domain == fused_op.DOMAIN and n.op_type == fused_op.OP_TYPE]
-    cu = np.asarray(comp.cu_seqlens, dtype=np.int64)
-    for nid in nodes:
-        inputs = g.node(nid).inputs
-        value = g.const_value(inputs[6]) if len(inputs) > 6 and inputs[6] else None
-        if value is None or not np.array_equal(value, cu):
-            raise RewriteError(f"node {g.node(nid).name}: not one multi-sequence GatedDeltaNet over "
-                               f"the batch (cu_seqlens {value}, want {cu.tolist()})")
-        g.set_input(nid, 6, CU_SEQLENS)
-    if not nodes or any(n.op_type == "ScatterND" and n.inputs[0].startswith("ssm_state.")
-                        for _, n in g.nodes()):
-        raise RewriteError("the fused graph still writes delta-net states sequence by sequence")
-    g.inputs.append(CU_SEQLENS)
-    g.values[CU_SEQLENS] = Value(CU_SEQLENS, INT64, ("N+1",))
-    for name in BATCH_INPUTS:
-        v = g.values[name]
-        if v.shape is not None and isinstance(v.shape[0], int):
-            v.shape = ("N" if name in ("state_slots", "conv_state_rows") else "T", *v.shape[1:])
-    for name, v in g.values.items():  # inner shapes were the template's
-        if name not in g.inputs and name not in g.outputs and name not in g.initializers:
-            v.shape = None
+    g.values["logits"] = Value("logits", FLOAT, ("O", c.n_vocab))
+    for name in g.outputs[1:]:  # every pool after the batch: typed as the pool
+        pool = g.values[name.removesuffix(".out")]
+        g.values[name] = Value(name, pool.dtype, pool.shape)
     return model

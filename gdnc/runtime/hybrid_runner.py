@@ -1,7 +1,7 @@
 """Run a GGUF hybrid model on batches of sequences that live in slots of a state pool.
 
 ``HybridModel`` owns the graphs: the fused one is built ONCE (the fusion pass on a template
-batch, then ``lift_composition``) and serves every batch; unfused graphs depend on the
+batch, its sequence layout lifted to an input) and serves every batch; unfused graphs depend on the
 batch's token counts and are built per composition, kept in an LRU cache. ``StatePool``
 owns the tensors that outlive a call (delta-net states, conv states, KV caches: one slot
 per sequence) and the slot allocator. ``HybridModel.forward(pool, batch)`` runs one mixed
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gdnc.errors import InputError
+from gdnc.errors import InputError, RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
-from gdnc.frontends.hybrid_graph import CU_SEQLENS, Composition, build_unfused, lift_composition
+from gdnc.frontends.hybrid_graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.ir.graph import Model
+from gdnc.passes.composition import CU_SEQLENS, lift_sequence_layout
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 
@@ -141,11 +142,17 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
 
 
 def build_fused(f: GgufFile, cfg: HybridConfig | None = None) -> Model:
-    """The fused graph serving every batch: the fusion pass on the ``TEMPLATE`` batch, then
-    ``lift_composition`` (a fresh Model on each call)."""
-    model = build_unfused(f, TEMPLATE, cfg)
+    """The fused graph serving every batch: the fusion pass on the ``TEMPLATE`` batch, then its
+    sequence layout lifted to the ``cu_seqlens`` input (a fresh Model on each call).
+    RewriteError unless every recurrent layer became ONE multi-sequence node."""
+    c = cfg or hybrid_config(f)
+    model = build_unfused(f, TEMPLATE, c)
     fuse_model(model)
-    return lift_composition(model, TEMPLATE)
+    lifted = lift_sequence_layout(model, TEMPLATE.cu_seqlens, BATCH_INPUTS)
+    if lifted != sum(c.recurrent):
+        raise RewriteError(f"{f.path}: {lifted} multi-sequence GatedDeltaNet node(s) for "
+                           f"{sum(c.recurrent)} recurrent layers")
+    return model
 
 
 @dataclass

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from gdnc.errors import RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import hybrid_config
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.frontends.hybrid_graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.passes.composition import lift_sequence_layout
+from gdnc.passes.delta_net import fuse as fuse_mod
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
-from gdnc.runtime.hybrid_runner import Entry, StatePool, batch_feeds
+from gdnc.runtime.hybrid_runner import Entry, StatePool, batch_feeds, build_fused
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
@@ -164,3 +167,17 @@ def test_misfits_fall_back_to_one_chain_fusion(edit: Edit, reason: str) -> None:
     assert model.graph.op_histogram()[FUSED] == 4
     assert sorted((c.sequences, c.steps) for c in report.chains) == [(1, 2), (1, 3), (2, 5), (2, 5)]
     _run_both("qwen35", edit)
+
+
+def test_lifting_refuses_a_layout_it_was_not_built_for() -> None:
+    model = _build("qwen35", (2, 3))
+    fuse_model(model)
+    with pytest.raises(RewriteError, match="not one multi-sequence GatedDeltaNet over the batch"):
+        lift_sequence_layout(model, [0, 5], BATCH_INPUTS)
+
+
+def test_build_fused_refuses_a_layer_left_per_sequence(monkeypatch) -> None:
+    """When a layer's chains do not group (here: no layer groups), no fused graph is served."""
+    monkeypatch.setattr(fuse_mod, "group_sequences", lambda g, chains: ([], list(chains), []))
+    with pytest.raises(RewriteError, match="not one multi-sequence GatedDeltaNet"):
+        build_fused(_file("qwen35"))
