@@ -7,7 +7,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
 
 from gdnc.errors import InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
@@ -75,26 +78,33 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
 
 def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console, *,
                   as_json: bool = False, quiet: bool = False) -> list[Sequence]:
-    """Generate, streaming text to ``out`` (one sequence: token by token; several: each as it
-    finishes), then a tokens/s line on ``err``; ``as_json``: one JSON line per sequence and
-    one with the timing."""
+    """Generate, streaming text to ``out`` (one sequence: token by token; several: a live panel
+    per sequence on a terminal, else each as it finishes), then a tokens/s line on ``err``;
+    ``as_json``: one JSON line per sequence and one with the timing."""
     with err.status("loading and building graphs", spinner="dots") if not (quiet or as_json) \
             else _Null():
         sched, tokenizer, ids = _scheduler(path, opts)
     streams = [TextStream(tokenizer) for _ in ids]
     single = len(ids) == 1 and not as_json
+    live = None
+    if not single and not as_json and out.is_terminal:  # every sequence streams in its panel
+        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet), console=out,
+                    refresh_per_second=10, vertical_overflow="visible")
 
     def on_token(seq_id: int, token: int) -> None:
         piece = streams[seq_id].push(token)
         if single:
             sys.stdout.write(piece)
             sys.stdout.flush()
+        elif live is not None:
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet))
         elif not as_json and sched.sequences[seq_id].status != "running":
             _print_sequence(out, seq_id, opts.prompts[seq_id], streams[seq_id], quiet)
 
     if single and not quiet:
         sys.stdout.write(opts.prompts[0])
-    sched.run(on_token)
+    with live if live is not None else _Null():
+        sched.run(on_token)
     if single:
         sys.stdout.write("\n")
     model = sched.model
@@ -122,6 +132,18 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
                   f"({t.prefill_tokens} prefill + {t.decode_tokens} decode, {t.steps} batches); {graphs}",
                   highlight=False, soft_wrap=True)
     return sched.sequences
+
+
+def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence], quiet: bool) -> Group:
+    """One panel per sequence: prompt (dim) and the text so far; the title says its state."""
+    panels = []
+    for seq, prompt, stream in zip(seqs, prompts, streams):
+        text = Text(stream.tokenizer.decode(stream.ids, skip_special=True))
+        if not quiet:
+            text = Text.assemble((prompt, "dim"), text)
+        state = seq.status if seq.finish_reason is None else f"{seq.status}: {seq.finish_reason}"
+        panels.append(Panel(text, title=f"[{seq.id}] {state}", title_align="left"))
+    return Group(*panels)
 
 
 def _print_sequence(out: Console, seq_id: int, prompt: str, stream: TextStream, quiet: bool) -> None:

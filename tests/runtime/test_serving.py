@@ -188,3 +188,20 @@ def test_pools_are_updated_in_place(models, fused):
     same = {name for name, t in pool.tensors.items() if t.data_ptr() == before[name]}
     kv_and_conv = {n for n in pool.tensors if not n.startswith("ssm_state.")}
     assert same == (set(pool.tensors) if fused else kv_and_conv)
+
+
+def test_several_sequences_stream_in_live_panels_on_a_terminal(models):
+    import io
+
+    from rich.console import Console
+
+    from gdnc.generate import GenerateOptions, generate_text
+
+    screen, log = io.StringIO(), io.StringIO()
+    out = Console(file=screen, force_terminal=True, width=100)
+    seqs = generate_text(models[("qwen35", "f32")], GenerateOptions(["a b", "class"], n_new=4, parallel=1),
+                         out, Console(file=log, width=300))
+    assert [len(s.generated) for s in seqs] == [4, 4]
+    text = screen.getvalue()
+    assert "[0] done: length" in text and "[1] done: length" in text and "[1] queued" in text
+    assert "8 tokens for 2 sequence(s)" in log.getvalue()
