@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -59,7 +60,7 @@ def convert(
         if dump_after is not None:
             raise InputError("--dump-after applies to ONNX input only, not to GGUF")
         comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
-        with err.status("exporting", spinner="dots") if not quiet and not as_json else _null():
+        with err.status("exporting", spinner="dots") if not quiet and not as_json else nullcontext():
             info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
         if report is not None:
             write_json_atomic(report, info)
@@ -73,7 +74,7 @@ def convert(
         return
     if unfused or lengths is not None:
         raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
-    with err.status("converting", spinner="dots") if not quiet and not as_json else _null():
+    with err.status("converting", spinner="dots") if not quiet and not as_json else nullcontext():
         rep = convert_file(model, output, target=target, report_path=report,
                            dump_after=_dump_after(dump_after, output.parent))
     if as_json:
@@ -179,7 +180,7 @@ def compare(
     if model.suffix.lower() == ".gguf":
         from gdnc.gguf_compare import compare_gguf
 
-        with err.status("comparing fused vs unfused", spinner="dots") if not as_json else _null():
+        with err.status("comparing fused vs unfused", spinner="dots") if not as_json else nullcontext():
             gguf_result = compare_gguf(str(model), prompt or None, device)
         if as_json:
             out.print_json(json.dumps(gguf_result.to_json()))
@@ -190,7 +191,7 @@ def compare(
         return
     from gdnc.compare import compare_file
 
-    with err.status("comparing", spinner="dots") if not as_json else _null():
+    with err.status("comparing", spinner="dots") if not as_json else nullcontext():
         result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
                               target=target, seed=seed)
     if as_json:
@@ -286,12 +287,6 @@ def _save_atomic(path: Path, write, suffix: str) -> None:
             os.unlink(tmp)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     per sequence on a terminal, else each as it finishes), then a tokens/s line on ``err``;
     ``as_json``: one JSON line per sequence and one with the timing."""
     with err.status("loading and building graphs", spinner="dots") if not (quiet or as_json) \
-            else _Null():
+            else nullcontext():
         sched, tokenizer, ids = _scheduler(path, opts)
     streams = [TextStream(tokenizer) for _ in ids]
     single = len(ids) == 1 and not as_json
@@ -103,7 +104,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
 
     if single and not quiet:
         sys.stdout.write(opts.prompts[0])
-    with live if live is not None else _Null():
+    with live if live is not None else nullcontext():
         sched.run(on_token)
     if single:
         sys.stdout.write("\n")
@@ -159,11 +160,3 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
