@@ -86,15 +86,30 @@ def convert(
 
 @app.command()
 def inspect(
-    model: Path = typer.Argument(..., help="ONNX model"),
+    model: Path = typer.Argument(..., help="ONNX model, or a GGUF hybrid"),
+    lengths: str | None = typer.Option(
+        None, help='GGUF: token counts of the batch whose unfused graph is inspected (default "2,3")'),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Op histogram, chains found, what would fuse and why not."""
+    """Op histogram, chains found, what would fuse and why not (a GGUF model: the unfused
+    graph of one batch, whose per-sequence chains become one node per layer)."""
     from gdnc.convert import inspect_model
-    from gdnc.frontends.onnx_model import load_onnx
+    from gdnc.errors import InputError
     from gdnc.reporting import print_histogram, print_report
 
-    rep = inspect_model(load_onnx(model))
+    if model.suffix.lower() == ".gguf":
+        from gdnc.frontends.gguf_file import GgufFile
+        from gdnc.frontends.hybrid_graph import Composition, build_unfused
+        from gdnc.gguf_export import parse_lengths
+
+        graph = build_unfused(GgufFile(model), Composition(parse_lengths(lengths or "2,3")))
+    else:
+        from gdnc.frontends.onnx_model import load_onnx
+
+        if lengths is not None:
+            raise InputError("--lengths applies to GGUF models only")
+        graph = load_onnx(model)
+    rep = inspect_model(graph)
     if as_json:
         out.print_json(json.dumps(rep.to_json()))
         return

@@ -199,3 +199,11 @@ def test_errors_are_one_line(model, tmp_path) -> None:
     for (args, needle), proc in zip(cases, gdnc_all(*(args for args, _ in cases))):
         _one_line_error(proc, needle)
         assert proc.stdout == "", args
+
+
+def test_inspect_gguf_shows_one_multi_sequence_node_per_layer(model) -> None:
+    report = json.loads(_ok(gdnc("inspect", model, "--lengths", "3,1,2", "--json")).stdout)
+    assert report["ops_after"]["ai.gdnc::GatedDeltaNet"] == 3
+    assert [(c["sequences"], c["steps"]) for c in report["chains"]] == [(3, 6)] * 3
+    assert report["nodes_after"] < report["nodes_before"] / 2
+    _one_line_error(gdnc("inspect", model, "--lengths", "3,x"), "is not a comma-separated list")
