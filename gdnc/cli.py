@@ -127,6 +127,8 @@ def run(
     seed: int = typer.Option(0, help="GGUF: sampling seed (prompt i uses seed + i)"),
     fused_gdn: str = typer.Option("auto", "--fused-gdn", help="GGUF: on, off or auto (= on)"),
     ctx: int | None = typer.Option(None, help="GGUF: context per sequence (default: prompt + n)"),
+    prefill_chunk: int | None = typer.Option(
+        None, help="GGUF: feed prompts in chunks of this many tokens, interleaved with decodes"),
     inputs: Path | None = typer.Option(None, "--inputs", help="ONNX: .npz file, one array per input"),
     output: Path | None = typer.Option(None, "-o", "--output", help="ONNX: .npz file for the outputs"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
@@ -143,7 +145,7 @@ def run(
 
         opts = GenerateOptions(prompts=prompt, n_new=n_new, parallel=parallel, temperature=temperature,
                                seed=seed, fused=fused_gdn if _fused_flag(fused_gdn) else "off",
-                               ctx=ctx, device=device)
+                               ctx=ctx, prefill_chunk=prefill_chunk, device=device)
         generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
         return
     if inputs is None:

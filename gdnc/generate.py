@@ -28,6 +28,7 @@ class GenerateOptions:
     seed: int = 0
     fused: str = "auto"  # on, off, or auto: fused unless the pass leaves a layer unfused
     ctx: int | None = None
+    prefill_chunk: int | None = None
     device: str = "cpu"
 
 
@@ -64,7 +65,7 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     if opts.parallel is not None and opts.parallel < 1:
         raise InputError(f"--parallel must be >= 1, got {opts.parallel}")
     parallel = min(opts.parallel or len(ids), len(ids))
-    sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
+    sched = Scheduler(model, parallel, n_ctx=ctx, prefill_chunk=opts.prefill_chunk, eos_id=tokenizer.eos_id)
     for i, toks in enumerate(ids):
         sched.submit(Request(tuple(toks), opts.n_new, opts.temperature, opts.seed + i))
     if model.fused:

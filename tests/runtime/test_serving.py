@@ -35,8 +35,9 @@ def _prompts(rng: np.random.Generator, n: int, vocab: int = 500) -> list[tuple[i
     return [tuple(int(t) for t in rng.integers(0, vocab, int(rng.integers(1, 24)))) for _ in range(n)]
 
 
-def _generate(model: HybridModel, requests: list[Request], parallel: int) -> list[list[int]]:
-    sched = Scheduler(model, parallel, n_ctx=64)
+def _generate(model: HybridModel, requests: list[Request], parallel: int,
+              prefill_chunk: int | None = None) -> list[list[int]]:
+    sched = Scheduler(model, parallel, n_ctx=64, prefill_chunk=prefill_chunk)
     for r in requests:
         sched.submit(r)
     return [s.generated for s in sched.run()]
@@ -205,3 +206,12 @@ def test_several_sequences_stream_in_live_panels_on_a_terminal(models):
     text = screen.getvalue()
     assert "[0] done: length" in text and "[1] done: length" in text and "[1] queued" in text
     assert "8 tokens for 2 sequence(s)" in log.getvalue()
+
+
+def test_chunked_prefill_gives_the_same_tokens(models):
+    """Prompts fed 3 tokens per batch, interleaved with the other sequences' decodes."""
+    model = HybridModel(str(models[("qwen35moe", "f32")]), fused=True)
+    rng = np.random.default_rng(9)
+    requests = [Request(p + (7,) * 5, 6, stop_at_eos=False, arrival=a)
+                for p, a in zip(_prompts(rng, 4), (0, 0, 2, 5))]
+    assert _generate(model, requests, 4, prefill_chunk=3) == _generate(model, requests, 4)
