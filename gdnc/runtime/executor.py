@@ -18,7 +18,7 @@ from gdnc.errors import InputError
 from gdnc.ir.graph import Graph, Model
 from gdnc.runtime.node_eval import op_context
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
-from gdnc.runtime.registry import OpContext, OpImpl, lookup
+from gdnc.runtime.registry import OpContext, OpImpl, host_inputs, lookup
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class _Step:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
+    host_args: tuple[tuple[int, torch.Tensor], ...] = ()  # (position, host copy of a constant)
 
 
 # ops whose outputs never alias their inputs: a reader of this kind that ran earlier leaves a
@@ -57,10 +58,9 @@ class GraphRunner:
                  donate: Iterable[str] = ()) -> None:
         self.graph = graph
         self.device = device
-        self.constants = {
-            name: torch.from_numpy(np.array(numpy_helper.to_array(t))).to(device)
-            for name, t in graph.initializers.items()
-        }
+        host = {name: torch.from_numpy(np.array(numpy_helper.to_array(t)))
+                for name, t in graph.initializers.items()}
+        self.constants = {name: t.to(device) for name, t in host.items()}
         order = graph.topological_order()
         last_use: dict[str, int] = {}
         for i, nid in enumerate(order):
@@ -77,7 +77,10 @@ class GraphRunner:
                           if n and last_use.get(n) == i and n not in keep)
             ctx = op_context(node, opset, self._subgraph_runner(opsets))
             ctx = replace(ctx, donated=_donations(graph, nid, i, last_use, donate))
-            steps.append(_Step(impl, ctx, tuple(node.inputs), tuple(node.outputs), frees))
+            host_args = tuple((j, host[name]) for j, name in enumerate(node.inputs)
+                              if j in host_inputs(node.domain, node.op_type) and name in host)
+            steps.append(_Step(impl, ctx, tuple(node.inputs), tuple(node.outputs), frees,
+                               host_args if device.type != "cpu" else ()))
         self.steps = steps
 
     def _subgraph_runner(self, opsets: Mapping[str, int]):
@@ -94,6 +97,8 @@ class GraphRunner:
         env.update(feeds)
         for step in self.steps:
             args = [env[n] if n else None for n in step.inputs]
+            for j, value in step.host_args:
+                args[j] = value
             outs = step.impl(step.ctx, args)
             for name, value in zip(step.outputs, outs):
                 if name:

@@ -42,16 +42,24 @@ class OpContext:
 OpImpl = Callable[[OpContext, list[Any]], list[torch.Tensor]]
 
 _REGISTRY: dict[tuple[str, str], list[tuple[int, OpImpl]]] = {}
+_HOST_INPUTS: dict[tuple[str, str], frozenset[int]] = {}
 
 
 def _norm_domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
-def register(op_type: str, domain: str = "", since: int = 1) -> Callable[[OpImpl], OpImpl]:
-    """Decorator: register ``fn`` for ``domain::op_type`` from opset ``since`` on."""
+def register(op_type: str, domain: str = "", since: int = 1,
+             host_inputs: tuple[int, ...] = ()) -> Callable[[OpImpl], OpImpl]:
+    """Decorator: register ``fn`` for ``domain::op_type`` from opset ``since`` on.
+
+    ``host_inputs``: input positions the op reads as Python numbers (shapes, axes, bounds,
+    counts); the executor hands their constant values over on the host, so reading them never
+    waits for the device."""
 
     def deco(fn: OpImpl) -> OpImpl:
+        if host_inputs:
+            _HOST_INPUTS[(_norm_domain(domain), op_type)] = frozenset(host_inputs)
         versions = _REGISTRY.setdefault((_norm_domain(domain), op_type), [])
         bisect.insort(versions, (since, fn), key=lambda item: item[0])
         return fn
@@ -69,6 +77,11 @@ def lookup(domain: str, op_type: str, opset: int) -> OpImpl:
     if not usable:
         raise UnsupportedOpError(f"op {name} at opset {opset} is not supported by the gdnc runtime")
     return usable[-1]
+
+
+def host_inputs(domain: str, op_type: str) -> frozenset[int]:
+    """Input positions of ``domain::op_type`` read as host numbers (see ``register``)."""
+    return _HOST_INPUTS.get((_norm_domain(domain), op_type), frozenset())
 
 
 def supported_ops() -> dict[str, list[int]]:

@@ -96,7 +96,7 @@ def _scatter_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [out.reshape(data.shape)]
 
 
-@register("Trilu", since=14)
+@register("Trilu", since=14, host_inputs=(1,))
 def _trilu(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     k = optional_input(inputs, 1)
     fn = torch.triu if ctx.attr("upper", 1) else torch.tril

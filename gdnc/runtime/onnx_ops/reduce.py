@@ -59,7 +59,7 @@ def _reduce_impl(fn: Reducer, input_since: int) -> OpImpl:
 
 def _register_reducers() -> None:
     for name, (fn, input_since) in _REDUCERS.items():
-        register(name, since=1)(_reduce_impl(fn, input_since))
+        register(name, since=1, host_inputs=(1,))(_reduce_impl(fn, input_since))
 
 
 _register_reducers()
@@ -82,7 +82,7 @@ register("ArgMax", since=1)(_arg_impl(torch.argmax))
 register("ArgMin", since=1)(_arg_impl(torch.argmin))
 
 
-@register("TopK", since=1)
+@register("TopK", since=1, host_inputs=(1,))
 def _topk(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """k is an attribute before opset 10; ties keep the lower index first (stable sort)."""
     x = inputs[0]
@@ -92,7 +92,7 @@ def _topk(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [values.narrow(axis, 0, k), indices.narrow(axis, 0, k)]
 
 
-@register("CumSum", since=11)
+@register("CumSum", since=11, host_inputs=(1,))
 def _cumsum(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     axis = norm_axis(as_ints(inputs[1])[0], x.dim())

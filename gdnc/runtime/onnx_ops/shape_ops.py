@@ -56,7 +56,7 @@ def _size(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [torch.tensor(x.numel(), dtype=torch.int64, device=x.device)]
 
 
-@register("Reshape", since=5)
+@register("Reshape", since=5, host_inputs=(1,))
 def _reshape(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x, shape = inputs[0], as_ints(inputs[1])
     if not ctx.attr("allowzero", 0):
@@ -71,7 +71,7 @@ def _transpose(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [x.permute(as_ints(perm))]
 
 
-@register("Unsqueeze", since=1)
+@register("Unsqueeze", since=1, host_inputs=(1,))
 def _unsqueeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     axes = axes_arg(ctx, inputs, 1, input_since=13) or []
@@ -81,7 +81,7 @@ def _unsqueeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [x]
 
 
-@register("Squeeze", since=1)
+@register("Squeeze", since=1, host_inputs=(1,))
 def _squeeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     axes = axes_arg(ctx, inputs, 1, input_since=13)
@@ -106,7 +106,7 @@ def _concat(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [torch.cat(inputs, dim=ctx.attr("axis"))]
 
 
-@register("Split", since=2)
+@register("Split", since=2, host_inputs=(1,))
 def _split(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """``split`` sizes: attribute before opset 13, input after; else ceil-sized equal chunks."""
     x = inputs[0]
@@ -132,7 +132,7 @@ def _slice_axis(x: torch.Tensor, axis: int, start: int, end: int, step: int) -> 
     return x.index_select(axis, index)
 
 
-@register("Slice", since=1)
+@register("Slice", since=1, host_inputs=(1, 2, 3, 4))
 def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """starts/ends/axes attributes before opset 10, then inputs with optional steps."""
     x = inputs[0]
@@ -148,13 +148,13 @@ def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [x]
 
 
-@register("Expand", since=8)
+@register("Expand", since=8, host_inputs=(1,))
 def _expand(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     return [x.expand(torch.broadcast_shapes(x.shape, tuple(as_ints(inputs[1]))))]
 
 
-@register("Tile", since=6)
+@register("Tile", since=6, host_inputs=(1,))
 def _tile(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [inputs[0].repeat(as_ints(inputs[1]))]
 
