@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
-from gdnc.runtime.executor import Executor
+from gdnc.runtime.executor import Executor, GraphRunner
 
 
 def _pool_graph(extra_reader: str | None):
@@ -53,3 +53,18 @@ def test_donated_pool_read_by_a_copying_gather_first_is_still_in_place():
 def test_donated_pool_with_a_view_reader_is_copied():
     pool, before, outs = _run("Reshape", donate=True)
     assert torch.equal(pool, before) and torch.equal(outs["flat"], before.reshape(12))
+
+
+def test_constant_shape_inputs_are_planned_on_the_host():
+    """On an accelerator, a Reshape's constant shape is read from a host copy (no sync), while
+    the data constants live on the device ("meta" stands in for one here)."""
+    e = Emit("host")
+    x = e.input("x", FLOAT, [2, 3])
+    e.output(e.op("Add", e.reshape(x, [3, 2]), e.weight("w", np.ones((3, 2)))), "y")
+    model = e.model()
+    runner = GraphRunner(model.graph, model.opset_imports, torch.device("meta"))
+    reshape = next(s for s in runner.steps if s.ctx.op_type == "Reshape")
+    ((position, shape),) = reshape.host_args
+    assert position == 1 and shape.device.type == "cpu" and shape.tolist() == [3, 2]
+    add = next(s for s in runner.steps if s.ctx.op_type == "Add")
+    assert add.host_args == () and runner.constants["w"].device.type == "meta"
