@@ -76,7 +76,7 @@ def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu
     empty = [t for t, i in zip(texts, ids) if not i]
     if empty:
         raise InputError(f"prompt {empty[0]!r} encodes to no tokens")
-    unfused = HybridModel(path, fused=False, device=device)
+    unfused = HybridModel(path, fused=False, device=device, file=fused.file)
     got, want = _batch_logits(fused, ids), _batch_logits(unfused, ids)
     rows = [
         PromptDiff(text, len(toks), float((a - b).abs().max()),

@@ -38,6 +38,7 @@ class GgufFile:
                 if not name.startswith("GGUF.")
             }
             self._tensors: dict[str, ReaderTensor] = {}
+            self._dequantized: dict[str, np.ndarray] = {}
             for t in reader.tensors:
                 if t.name in self._tensors:
                     raise ModelLoadError(f"{self.path}: tensor {t.name!r} appears twice")
@@ -77,7 +78,10 @@ class GgufFile:
         return list(self._tensors)
 
     def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Tensor ``name`` as float32 in numpy order, checked against ``shape`` when given."""
+        """Tensor ``name`` as float32 in numpy order, checked against ``shape`` when given.
+
+        Dequantized once per file and kept (read-only): every graph built from the file (one
+        per unfused batch composition) shares the arrays."""
         t = self._tensors.get(name)
         if t is None:
             raise ModelLoadError(f"{self.path}: tensor {name!r} is missing")
@@ -89,11 +93,15 @@ class GgufFile:
         if shape is not None and dims != tuple(shape):
             raise ModelLoadError(
                 f"{self.path}: tensor {name!r} has shape {list(dims)}, expected {list(shape)}")
-        try:
-            data = dequantize(np.asarray(t.data), qtype)
-        except Exception as exc:  # truncated data, inconsistent block counts
-            raise ModelLoadError(f"{self.path}: tensor {name!r} cannot be read ({exc})") from exc
-        return np.ascontiguousarray(data, dtype=np.float32).reshape(dims)
+        if name not in self._dequantized:
+            try:
+                data = dequantize(np.asarray(t.data), qtype)
+            except Exception as exc:  # truncated data, inconsistent block counts
+                raise ModelLoadError(f"{self.path}: tensor {name!r} cannot be read ({exc})") from exc
+            array = np.ascontiguousarray(data, dtype=np.float32).reshape(dims)
+            array.setflags(write=False)
+            self._dequantized[name] = array
+        return self._dequantized[name]
 
     def tensor_types(self) -> Mapping[str, str]:
         return {n: GGMLQuantizationType(t.tensor_type).name for n, t in self._tensors.items()}

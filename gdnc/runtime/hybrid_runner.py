@@ -174,9 +174,11 @@ def _pool_inputs(model: Model) -> list[str]:
 class HybridModel:
     """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
 
-    def __init__(self, path: str, fused: bool = True, device: str = "cpu") -> None:
+    def __init__(self, path: str, fused: bool = True, device: str = "cpu",
+                 file: GgufFile | None = None) -> None:
+        """``file``: an already opened ``path`` to share (its dequantized weights too)."""
         self.path, self.fused, self.device = str(path), fused, runtime_device(device)
-        self.file = GgufFile(path)
+        self.file = file or GgufFile(path)
         self.cfg = hybrid_config(self.file)
         self.stats = GraphStats()
         self._fused: Executor | None = None
