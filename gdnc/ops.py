@@ -138,24 +138,26 @@ def gated_delta_net(
         )
     if backend == "auto":
         backend = _auto_backend(q, state_pool)
-    if backend == "reference":
-        return gated_delta_net_reference(
-            q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
-            scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
-            token_states=token_states,
-        )
     if backend not in BACKENDS:
         raise OpArgumentError(
             f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
-    _check_kernel_inputs(backend, (q, k, v, g, beta, state_pool))
+    if backend != "reference":
+        _check_kernel_inputs(backend, (q, k, v, g, beta, state_pool))
     shp = validate(
         q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
         head_map=head_map, state_layout=state_layout, token_states=token_states,
     )
+    o = _output(out, shp, v)
+    if backend == "reference":
+        o_ref = gated_delta_net_reference(
+            q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
+            scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
+            token_states=token_states,
+        )
+        return o_ref if out is None else o.copy_(o_ref)
     opts = GdnOptions(scale=shp.K**-0.5 if scale is None else float(scale), qk_l2norm=qk_l2norm,
                       head_map=head_map, state_layout=state_layout)
     device = q.device
-    o = _output(out, shp, v)
     ins, outs = list(shp.in_slots), list(shp.out_slots)
     reader = {slot: n for n, slot in enumerate(ins) if slot >= 0}
     state_src = state_pool

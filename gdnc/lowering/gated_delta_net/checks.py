@@ -59,6 +59,28 @@ def _check_shape(name: str, x: torch.Tensor, expected: list[int], what: str) -> 
         raise _fail(name, f"shape {_shape(x)} does not match {what} {expected}")
 
 
+def _check_device(named: dict[str, torch.Tensor]) -> None:
+    devices = {name: x.device for name, x in named.items()}
+    first = next(iter(devices))
+    for name, device in devices.items():
+        if device != devices[first]:
+            raise _fail(name, f"is on {device} but {first} is on {devices[first]}: "
+                              "every float tensor must be on one device")
+
+
+def _check_writable(name: str, x: torch.Tensor) -> None:
+    """A tensor written in place must give every element its own address: an expanded or
+    otherwise self-overlapping view (stride 0, interleaved strides) would make writes race.
+    Strided (non-contiguous) views are fine: the kernels address them through their strides."""
+    extent = 1  # elements spanned by the dims checked so far
+    for stride, size in sorted((st, sz) for st, sz in zip(x.stride(), x.shape) if sz > 1):
+        if stride < extent:
+            raise _fail(name, f"shape {_shape(x)} with strides {list(x.stride())} has elements "
+                              "sharing memory (an expanded view?); it is written in place, so "
+                              "pass a tensor that owns its memory (e.g. x.clone())")
+        extent += stride * (size - 1)
+
+
 def _check_index(name: str, idx: torch.Tensor | None, N: int) -> None:
     if idx is None:
         return
@@ -122,6 +144,10 @@ def validate(
         named["token_states"] = token_states
     for name, x in named.items():
         _check_float(name, x)
+    _check_device(named)
+    _check_writable("state_pool", state_pool)
+    if token_states is not None:
+        _check_writable("token_states", token_states)
 
     if q.dim() != 3:
         raise _fail("q", f"shape {_shape(q)} must have rank 3 [T_total, H, K]")
