@@ -13,7 +13,10 @@ the batch layout from index inputs that the runtime computes (as llama.cpp's gra
 do), so a fused graph serves every composition once ``gdnc.passes.composition`` has turned
 its ``cu_seqlens`` constant into an input.
 
-Inputs (P pool slots, C conv kernel, n_ctx cache positions per slot, R keys attended):
+Attention runs per sequence over the keys of its own slot only (padded to [N, Lq, S]), so a
+non-finite value in one sequence's cache never reaches another's softmax.
+
+Inputs (P pool slots, C conv kernel, n_ctx cache positions per slot):
 
 ====================  ==========================  ==========================================
 name                  shape / dtype               meaning
@@ -25,8 +28,13 @@ conv_rows             [T, C] int64                rows of [conv rows of the batc
                                                   the T new inputs] under each token's window
 conv_state_rows       [N, C-1] int64              the same rows forming each new conv state
 kv_write              [T, 2] int64                (slot, position) receiving each token's k/v
-kv_read               [R] int64                   flat rows slot*n_ctx + position attended
-kv_mask               [T, R] float32              0 where token t sees key r, -inf elsewhere
+q_rows                [N, Lq] int64               token row of sequence n's j-th query (Lq =
+                                                  the longest T_n; padding repeats a row of n)
+kv_read               [N, S] int64                flat cache rows slot*n_ctx + position of n's
+                                                  keys (S = most keys; padding: n's position 0)
+kv_mask               [N, Lq, S] float32          0 where query j of n sees key s, -inf else
+o_rows                [T] int64                   row n*Lq + j of the [N*Lq] attention output
+                                                  holding each token
 logit_rows            [O] int64                   the token rows whose logits are wanted
 ssm_state.l           [P, HV, K, V] float32       recurrent layer l's delta-net states
 conv_state.l          [P, C-1, channels] float32  its conv states
@@ -51,8 +59,8 @@ from gdnc.ir.graph import Model, Value
 L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
 # the batch inputs and the symbol of their leading dim (per token, per sequence, other)
 BATCH_INPUTS = {"tokens": "T", "positions": "T", "state_slots": "N", "conv_rows": "T",
-                "conv_state_rows": "N", "kv_write": "T", "kv_read": "R", "kv_mask": "T",
-                "logit_rows": "O"}
+                "conv_state_rows": "N", "kv_write": "T", "q_rows": "N", "kv_read": "N",
+                "kv_mask": "N", "o_rows": "T", "logit_rows": "O"}
 
 
 @dataclass(frozen=True)
@@ -232,15 +240,17 @@ def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
         pool = e.input(f"{name}.{i}", FLOAT, ["P", "n_ctx", nkv, hd])
         full = e.op("ScatterND", pool, "kv_write", new)  # [P, n_ctx, nkv, hd]
         e.output(full, f"{name}.{i}.out")
-        keys.append(e.op("Gather", e.reshape(full, [-1, nkv, hd]), "kv_read", axis=0))  # [R, nkv, hd]
+        keys.append(e.op("Gather", e.reshape(full, [-1, nkv, hd]), "kv_read", axis=0))  # [N, S, nkv, hd]
     rep = nh // nkv  # query head j reads kv head j // rep
-    kf, vf = (e.reshape(e.op("Expand", e.unsqueeze(x, 2), e.const([1, 1, rep, 1])),
-                        [-1, nh, hd]) for x in keys)
-    scores = e.op("MatMul", e.op("Transpose", q, perm=[1, 0, 2]), e.op("Transpose", kf, perm=[1, 2, 0]))
-    scores = e.op("Mul", scores, e.const(hd ** -0.5, np.float32))  # [nh, T, R]
-    probs = e.op("Softmax", e.op("Add", scores, "kv_mask"), axis=-1)
-    o = e.op("Transpose", e.op("MatMul", probs, e.op("Transpose", vf, perm=[1, 0, 2])), perm=[1, 0, 2])
-    o = e.op("Mul", o, e.op("Sigmoid", gate))
+    kf, vf = (e.reshape(e.op("Expand", e.unsqueeze(x, 3), e.const([1, 1, 1, rep, 1])),
+                        [0, 0, nh, hd]) for x in keys)  # [N, S, nh, hd]
+    qb = e.op("Transpose", e.op("Gather", q, "q_rows", axis=0), perm=[0, 2, 1, 3])  # [N, nh, Lq, hd]
+    scores = e.op("MatMul", qb, e.op("Transpose", kf, perm=[0, 2, 3, 1]))
+    scores = e.op("Mul", scores, e.const(hd ** -0.5, np.float32))  # [N, nh, Lq, S]
+    probs = e.op("Softmax", e.op("Add", scores, e.unsqueeze("kv_mask", 1)), axis=-1)
+    o = e.op("MatMul", probs, e.op("Transpose", vf, perm=[0, 2, 1, 3]))  # [N, nh, Lq, hd]
+    o = e.op("Reshape", e.op("Transpose", o, perm=[0, 2, 1, 3]), e.const([-1, nh, hd]))
+    o = e.op("Mul", e.op("Gather", o, "o_rows", axis=0), e.op("Sigmoid", gate))  # [T, nh, hd]
     return e.matmul_t(e.reshape(o, [-1, nh * hd]), w(f"blk.{i}.attn_output.weight", E, nh * hd),
                       f"blk.{i}.attn_output")
 
@@ -287,8 +297,8 @@ def _batch_inputs(e: Emit, c: HybridConfig, comp: Composition) -> None:
     T, N, C = comp.n_tokens, len(comp.lengths), c.conv_kernel
     shapes: dict[str, list[int | str]] = {
         "tokens": [T], "positions": [T], "state_slots": [N], "conv_rows": [T, C],
-        "conv_state_rows": [N, C - 1], "kv_write": [T, 2], "kv_read": ["R"], "kv_mask": [T, "R"],
-        "logit_rows": ["O"],
+        "conv_state_rows": [N, C - 1], "kv_write": [T, 2], "q_rows": [N, "Lq"], "kv_read": [N, "S"],
+        "kv_mask": [N, "Lq", "S"], "o_rows": [T], "logit_rows": ["O"],
     }
     for name in BATCH_INPUTS:
         e.input(name, FLOAT if name == "kv_mask" else INT64, shapes[name])

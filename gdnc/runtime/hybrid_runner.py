@@ -126,17 +126,22 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
     conv_state_rows = conv_row(np.arange(N)[:, None], np.asarray(lengths)[:, None] + last[None, :])
     slots = np.array([e.slot for e in batch], dtype=np.int64)
     positions = past[seq] + offset
-    seen = past + np.asarray(lengths)
-    key_seq = np.repeat(np.arange(N), seen)
-    key_pos = np.arange(int(seen.sum())) - np.concatenate([[0], np.cumsum(seen)])[key_seq]
-    visible = (key_seq[None, :] == seq[:, None]) & (key_pos[None, :] <= positions[:, None])
+    lens = np.asarray(lengths)
+    # attention, padded per sequence: query j of n is token row cu[n] + j (padding repeats n's
+    # last token), key s is n's cache position s (padding reads n's position 0, masked)
+    query = np.minimum(np.arange(max(lengths))[None, :], lens[:, None] - 1)  # [N, Lq]
+    seen = past + lens
+    key_pos = np.arange(int(seen.max()))[None, :]  # [1, S]
+    visible = key_pos[:, None, :] <= (past[:, None] + query)[:, :, None]  # [N, Lq, S]
     rows = np.arange(len(tokens)) if all_logits else cu[1:] - 1
     return {
         "tokens": tokens, "positions": positions, "state_slots": slots,
         "conv_rows": conv_rows.astype(np.int64), "conv_state_rows": conv_state_rows.astype(np.int64),
         "kv_write": np.stack([slots[seq], positions], 1),
-        "kv_read": slots[key_seq] * pool.n_ctx + key_pos,
+        "q_rows": cu[:-1, None] + query,
+        "kv_read": slots[:, None] * pool.n_ctx + np.where(key_pos < seen[:, None], key_pos, 0),
         "kv_mask": np.where(visible, 0.0, -np.inf).astype(np.float32),
+        "o_rows": seq * max(lengths) + offset,
         "logit_rows": rows.astype(np.int64), CU_SEQLENS: cu,
     }
 
