@@ -37,3 +37,7 @@ class EmitError(GdncError):
 
 class InputError(GdncError):
     """User-supplied inputs (npz files, CLI options) are unusable."""
+
+
+class GenerationError(GdncError):
+    """A sequence failed while generating (non-finite logits); the others completed."""

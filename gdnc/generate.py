@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gdnc.errors import InputError, RewriteError
+from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.hybrid_runner import HybridModel
@@ -107,6 +107,12 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
         sys.stdout.write(opts.prompts[0])
     with live if live is not None else nullcontext():
         sched.run(on_token)
+        if live is not None:  # a failed sequence's panel shows why
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet))
+    failed = [s for s in sched.sequences if s.status == "failed"]
+    if live is None and not single and not as_json:
+        for seq in failed:
+            _print_sequence(out, seq.id, opts.prompts[seq.id], streams[seq.id], quiet)
     if single:
         sys.stdout.write("\n")
     model = sched.model
@@ -121,7 +127,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
             sys.stdout.write(json.dumps({
                 "prompt": opts.prompts[seq.id], "prompt_ids": toks, "generated_ids": seq.generated,
                 "text": tokenizer.decode(seq.generated, skip_special=True),
-                "finish_reason": seq.finish_reason}) + "\n")
+                "status": seq.status, "finish_reason": seq.finish_reason}) + "\n")
         sys.stdout.write(json.dumps({"timing": timing}) + "\n")
     elif not quiet:
         t = sched.timing
@@ -133,6 +139,9 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
                   f"{timing['batch_tokens_per_s']:.1f} tokens/s through the model "
                   f"({t.prefill_tokens} prefill + {t.decode_tokens} decode, {t.steps} batches); {graphs}",
                   highlight=False, soft_wrap=True)
+    if failed:
+        raise GenerationError(f"{len(failed)} of {len(ids)} sequence(s) failed (the others completed); "
+                              f"sequence {failed[0].id}: {failed[0].finish_reason}")
     return sched.sequences
 
 

@@ -3,9 +3,13 @@
 Every ``step()`` runs ONE batch that mixes prefill (a newly admitted sequence's prompt, whole
 or in chunks of ``prefill_chunk``) and decode (one token of every other running sequence).
 A sequence gets a pool slot when it is admitted and gives it back when it finishes (token
-budget, EOS, context full) or is cancelled; requests beyond the free slots wait in arrival
-order. Sampling is greedy at temperature 0, else from softmax(logits / T) with a generator
-of the request's own seed, so a sequence samples the same tokens alone or in company.
+budget, EOS, context full), fails or is cancelled; a live sequence never loses its slot.
+Requests beyond the free slots wait in arrival order; with ``max_waiting`` set, a request
+that would make the queue longer is refused (``PoolFullError``). A sequence whose logits turn
+non-finite (NaN/Inf from its input or state) fails alone: status "failed", the reason names
+the step, and the others' results are bit-identical to a batch without the fault. Sampling
+is greedy at temperature 0, else from softmax(logits / T) with a generator of the request's
+own seed, so a sequence samples the same tokens alone or in company.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from gdnc.errors import InputError
-from gdnc.runtime.hybrid_runner import Entry, HybridModel
+from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
+
+FINISHED = ("done", "cancelled", "failed")
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Request:
 
 @dataclass
 class Sequence:
-    """A request's progress: ``status`` queued / running / done / cancelled."""
+    """A request's progress: ``status`` queued / running / done / cancelled / failed."""
 
     id: int
     request: Request
@@ -75,12 +81,16 @@ class Scheduler:
     """``submit`` requests, then ``step()`` until ``done`` (or ``run()``)."""
 
     def __init__(self, model: HybridModel, parallel: int, n_ctx: int | None = None,
-                 prefill_chunk: int | None = None, eos_id: int | None = None) -> None:
+                 prefill_chunk: int | None = None, eos_id: int | None = None,
+                 max_waiting: int | None = None) -> None:
         if parallel < 1:
             raise InputError(f"--parallel must be >= 1, got {parallel}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise InputError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+        if max_waiting is not None and max_waiting < 0:
+            raise InputError(f"max_waiting must be >= 0, got {max_waiting}")
         self.model, self.chunk, self.eos_id = model, prefill_chunk, eos_id
+        self.max_waiting = max_waiting
         self.pool = model.new_pool(parallel, n_ctx)
         self.sequences: list[Sequence] = []
         self.timing = Timing()
@@ -95,6 +105,10 @@ class Scheduler:
         if len(request.prompt) + request.max_new_tokens - 1 > self.pool.n_ctx:
             raise InputError(f"prompt of {len(request.prompt)} + {request.max_new_tokens} new tokens "
                              f"exceed the context of {self.pool.n_ctx}")
+        backlog = sum(s.status == "queued" for s in self.sequences) - self.pool.free_slots()
+        if self.max_waiting is not None and backlog >= self.max_waiting:
+            raise PoolFullError(f"all {self.pool.slots} slots are busy and {backlog} request(s) are "
+                                f"waiting (the limit); submit again when a sequence finishes")
         seq = Sequence(len(self.sequences), request)
         if request.temperature > 0:
             seq.rng = torch.Generator().manual_seed(request.seed)
@@ -108,7 +122,7 @@ class Scheduler:
 
     @property
     def done(self) -> bool:
-        return all(s.status in ("done", "cancelled") for s in self.sequences)
+        return all(s.status in FINISHED for s in self.sequences)
 
     def _finish(self, seq: Sequence, reason: str, status: str = "done") -> None:
         if seq.slot is not None:
@@ -143,8 +157,15 @@ class Scheduler:
         feeds = [(s, s.pending(self.chunk)) for s in running]
         start = time.perf_counter()
         logits = self.model.forward(self.pool, [Entry(s.slot, toks) for s, toks in feeds])  # type: ignore[arg-type]
+        finite = torch.isfinite(torch.stack(logits)).all(dim=-1).tolist()  # one sync
         events = []
-        for (seq, toks), row in zip(feeds, logits):
+        for (seq, toks), row, ok in zip(feeds, logits, finite):
+            if not ok:
+                kind = "NaN" if bool(torch.isnan(row).any()) else "Inf"
+                self._finish(seq, f"non-finite logits ({kind}) at scheduler step {self.timing.steps}, "
+                                  f"after {seq.fed} prompt + {len(seq.generated)} generated tokens",
+                             status="failed")
+                continue
             prefill = seq.fed < len(seq.request.prompt)
             if prefill:
                 seq.fed += len(toks)

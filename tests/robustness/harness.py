@@ -50,12 +50,22 @@ class Tally:
     refused: Counter = field(default_factory=Counter)
     accepted: Counter = field(default_factory=Counter)
     broken: list[str] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)  # (suite, outcome) -> cases
+
+    def note(self, suite: str, outcome: str) -> None:
+        """Count one case of ``suite`` that ended in ``outcome`` (other than refused/accepted)."""
+        self.tried[suite] += 1
+        self.notes[suite, outcome] += 1
 
     def lines(self) -> list[str]:
-        return [f"{suite}: {self.tried[suite]} cases tried, {self.refused[suite]} refused with a "
-                f"one-line error, {self.accepted[suite]} accepted, "
-                f"{sum(b.startswith(suite + ':') for b in self.broken)} crashed or hung"
-                for suite in sorted(self.tried)]
+        out = []
+        for suite in sorted(self.tried):
+            parts = [f"{self.refused[suite]} refused with a one-line error"] if self.refused[suite] else []
+            parts += [f"{self.accepted[suite]} accepted"] if self.accepted[suite] else []
+            parts += [f"{n} {outcome}" for (s, outcome), n in sorted(self.notes.items()) if s == suite]
+            parts.append(f"{sum(b.startswith(suite + ':') for b in self.broken)} crashed or hung")
+            out.append(f"{suite}: {self.tried[suite]} cases tried: {', '.join(parts)}")
+        return out
 
 
 TALLY = Tally()
