@@ -12,10 +12,10 @@ from gguf.quants import quantize
 
 def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
             tensors: Mapping[str, np.ndarray] | None = None, drop: tuple[str, ...] = (),
-            qtype: GGMLQuantizationType | None = None) -> Path:
+            qtype: GGMLQuantizationType | None = None, strings: Mapping[str, str] | None = None) -> Path:
     """Write ``dst``: ``src`` with the architecture renamed (keys re-prefixed), tensors replaced
-    (numpy order; names not in ``src`` are appended) or dropped, and every 2-D weight quantized
-    to ``qtype`` when given."""
+    (numpy order; names not in ``src`` are appended) or dropped, every 2-D weight quantized
+    to ``qtype`` when given, and string keys ``strings`` set (replaced or added)."""
     reader = GGUFReader(src)
     old_arch = str(reader.fields["general.architecture"].contents())
     new_arch = arch or old_arch
@@ -26,7 +26,10 @@ def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
         key = new_arch + name[len(old_arch):] if name.startswith(old_arch + ".") else name
         vtype = field.types[0]
         sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub)
+        if key not in (strings or {}):
+            writer.add_key_value(key, field.contents(), vtype, sub)
+    for key, text in (strings or {}).items():
+        writer.add_string(key, text)
     added = [(name, data) for name, data in (tensors or {}).items()
              if name not in {t.name for t in reader.tensors}]
     for name, raw in [(t.name, t.data) for t in reader.tensors] + added:
