@@ -79,15 +79,25 @@ def _same_tokens(model: HybridModel, prompt: tuple[int, ...], batched: list[int]
 
 
 def test_soak_sequences_come_and_go(model_paths):
+    _soak(model_paths["qwen35"], SOAK_STEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+def test_long_soak(model_paths, arch):
+    _soak(model_paths[arch], 10 * SOAK_STEPS)
+
+
+def _soak(path: Path, steps: int) -> None:
     seed = int(np.random.SeedSequence().entropy % 2**32)
     rng = np.random.default_rng(seed)
-    model = HybridModel(str(model_paths["qwen35"]), fused=True)
+    model = HybridModel(str(path), fused=True)
     sched = Scheduler(model, parallel=6, n_ctx=N_CTX, prefill_chunk=5)
     slot_of: dict[int, int] = {}  # running sequence -> the slot it was admitted to
     admitted = cancelled = 0
-    while sched.timing.steps < SOAK_STEPS or not sched.done:
+    while sched.timing.steps < steps or not sched.done:
         step = sched.timing.steps
-        if step < SOAK_STEPS:
+        if step < steps:
             for _ in range(rng.poisson(0.3)):
                 prompt = tuple(int(t) for t in rng.integers(0, 500, int(rng.integers(1, 17))))
                 sched.submit(Request(prompt, int(rng.integers(1, 41)), arrival=step + int(rng.integers(0, 3)),
@@ -105,8 +115,8 @@ def test_soak_sequences_come_and_go(model_paths):
                 slot_of[s.id] = s.slot  # type: ignore[assignment]
                 admitted += 1
             assert s.slot == slot_of[s.id], f"seed {seed}: sequence {s.id} moved from its slot"
-    assert sched.timing.steps >= SOAK_STEPS
-    assert admitted > 6 * 20, f"seed {seed}: slots were reused only {admitted} times"
+    assert sched.timing.steps >= steps
+    assert admitted > steps // 20, f"seed {seed}: slots were reused only {admitted} times"
     assert sched.timing.prefill_tokens and sched.timing.decode_tokens
     assert all(s.status in FINISHED and s.status != "failed" for s in sched.sequences)
     decoded_alone = set(rng.choice(len(sched.sequences), ISOLATED_RUNS, replace=False).tolist())
