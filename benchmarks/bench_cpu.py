@@ -43,6 +43,7 @@ from onnx import helper as oh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gdnc.atomic import write_text  # noqa: E402
 from gdnc.ops import gated_delta_net  # noqa: E402
 from tests.models.zoo import export_hf  # noqa: E402
 
@@ -286,7 +287,7 @@ def main() -> None:
     print(f"\nbreak-even: chunked from T = {results['break_even']['chunked_min_tokens']}")
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     out = Path(__file__).with_name("results_cpu.json")
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(out, json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
 
 

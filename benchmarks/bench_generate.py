@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from examples.make_gguf_models import write_models
+from gdnc.atomic import write_text
 from gdnc.runtime.hybrid_runner import Entry, HybridModel
 
 
@@ -92,7 +93,7 @@ def main() -> None:
                       f"({r['decode_speedup']:.2f}x); nodes {r['fused_nodes']} vs {r['unfused_nodes']}; "
                       f"same tokens {r['same_tokens']}", flush=True)
     out = Path(args.out) / f"bench_generate_{args.device.split(':')[0]}.json"
-    out.write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+    write_text(out, json.dumps({"device": name, "rows": rows}, indent=1))
     print(f"device: {name}; wrote {out}")
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from gdnc.atomic import write_text
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.triton_recurrent import (
@@ -362,8 +363,7 @@ def main() -> None:
             except Exception as exc:  # report and go on to the next section
                 traceback.print_exc()
                 RESULTS[name] = {"error": repr(exc)}
-            with open(os.path.join(args.out, "bench_gpu.json"), "w") as f:
-                json.dump(RESULTS, f, indent=1)
+            write_text(os.path.join(args.out, "bench_gpu.json"), json.dumps(RESULTS, indent=1))
 
 
 if __name__ == "__main__":

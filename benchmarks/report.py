@@ -14,6 +14,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gdnc.atomic import write_text
+
 HERE = Path(__file__).resolve().parent
 Row = dict
 
@@ -216,7 +218,7 @@ def main() -> None:
         gpu_section(gpu), cpu_section(cpu), generate_section(generate),
         "## Issue targets: how far\n\n" + table(["target", "status"], TARGETS),
     ])
-    (HERE / "RESULTS.md").write_text(text.rstrip() + "\n")
+    write_text(HERE / "RESULTS.md", text.rstrip() + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 

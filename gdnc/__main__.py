@@ -1,5 +1,11 @@
-"""``python -m gdnc`` is the ``gdnc`` command."""
+"""``python -m gdnc`` is the ``gdnc`` command (Ctrl-C while it starts: one line, exit 130)."""
 
-from gdnc.cli import main
+import sys
+
+try:
+    from gdnc.cli import main
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    sys.exit(130)
 
 main()

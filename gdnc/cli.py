@@ -1,6 +1,7 @@
-"""``gdnc`` command line: a thin typer layer over the library; errors caught here, once."""
+"""``gdnc`` command line: a thin typer layer over the library; errors caught here, once.
 
-from __future__ import annotations
+Annotations are real objects (no ``from __future__ import annotations``), so typer reads the
+options without evaluating any source text at run time."""
 
 import json
 import os
@@ -52,7 +53,7 @@ def convert(
     from gdnc.reporting import print_report
 
     if model.suffix.lower() == ".gguf":
-        from gdnc.convert import write_json_atomic
+        from gdnc.atomic import check_target, write_json
         from gdnc.gguf_export import DEFAULT_LENGTHS, export_gguf, parse_lengths
 
         if lengths is not None and not unfused:
@@ -60,10 +61,12 @@ def convert(
         if dump_after is not None:
             raise InputError("--dump-after applies to ONNX input only, not to GGUF")
         comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
+        if report is not None:
+            check_target(report)
         with err.status("exporting", spinner="dots") if not quiet and not as_json else nullcontext():
             info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
         if report is not None:
-            write_json_atomic(report, info)
+            write_json(report, info)
         if as_json:
             out.print_json(json.dumps(info))
         elif not quiet:
@@ -164,9 +167,12 @@ def _fused_flag(value: str) -> bool:
 def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool) -> None:
     import numpy as np
 
+    from gdnc.atomic import check_target
     from gdnc.frontends.onnx_model import load_onnx
     from gdnc.runtime.executor import Executor
 
+    if output is not None:
+        check_target(output)
     feeds = _load_npz(inputs)
     results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
     if output is not None:
@@ -252,9 +258,11 @@ def logits(
     """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
     import numpy as np
 
+    from gdnc.atomic import check_target, open_replacing
     from gdnc.errors import InputError
     from gdnc.runtime.hybrid_runner import HybridModel
 
+    check_target(output)
     fused = _fused_flag(fused_gdn)
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]
@@ -262,7 +270,8 @@ def logits(
         raise InputError(f"--tokens: {tokens!r} is not a list of integers") from exc
     runner = HybridModel(str(model), fused=fused, device=device)
     result = runner.logits(ids).float().cpu().numpy()
-    _save_atomic(output, lambda tmp: np.save(tmp, result), ".npy")
+    with open_replacing(output, "wb") as fh:
+        np.save(fh, result)
     if as_json:
         out.print_json(json.dumps({"output": str(output), "shape": list(result.shape),
                                    "fused_gdn": fused_gdn, "argmax": result.argmax(-1).tolist()}))
@@ -287,29 +296,16 @@ def _load_npz(path: Path) -> dict:
 def _save_npz(path: Path, arrays: dict) -> None:
     import numpy as np
 
-    _save_atomic(path, lambda tmp: np.savez(tmp, **arrays), ".npz")
+    from gdnc.atomic import open_replacing
 
-
-def _save_atomic(path: Path, write, suffix: str) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
+    with open_replacing(path, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def main() -> None:
     """Console entry point: one red line and exit code 1 for any gdnc error."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns exit codes here: 130 for Ctrl-C
     except GdncError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -332,3 +328,7 @@ def main() -> None:
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (GDNC_DEBUG=1 shows the traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(2)
+    if code == 130:
+        err.print("[red]interrupted[/]")
+    if isinstance(code, int) and code:
+        sys.exit(code)

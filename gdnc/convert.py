@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from gdnc.atomic import check_not_overwriting, check_target, write_json
 from gdnc.errors import InputError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
-from gdnc.ir.to_onnx import save_onnx
+from gdnc.ir.to_onnx import external_data_files, save_onnx
 from gdnc.passes.pipeline import ConversionReport, fuse_model
 
 TARGETS = ("native", "ort")
@@ -51,12 +49,19 @@ def convert_file(
     src: str | Path, dst: str | Path, *, target: str = "native", report_path: str | Path | None = None,
     dump_after: Callable[[str, Model], None] | None = None,
 ) -> ConversionReport:
-    """Read ``src`` (ONNX), fuse, write ``dst`` atomically (and the JSON report if asked)."""
+    """Read ``src`` (ONNX), fuse, write ``dst`` atomically (and the JSON report if asked; each
+    file on its own). ``dst`` may not be ``src`` or one of its external data files."""
+    dst = check_target(dst)
+    if report_path is not None:
+        check_target(report_path)
+    check_not_overwriting(dst, [src])
     model = load_onnx(src)
+    if model.external_data:
+        check_not_overwriting(dst, external_data_files(src), f"the external data of {src}")
     report = convert_model(model, target=target, dump_after=dump_after)
     save_onnx(model, dst, external_data=model.external_data)
     if report_path is not None:
-        write_json_atomic(report_path, report.to_json())
+        write_json(report_path, report.to_json())
     return report
 
 
@@ -64,17 +69,3 @@ def inspect_model(model: Model) -> ConversionReport:
     """What ``convert`` would do, on a copy (the model is left as it was)."""
     return fuse_model(copy.deepcopy(model))
 
-
-def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -4,8 +4,8 @@ Fused (default): the graph the gdnc runtime runs (``hybrid_runner.build_fused``:
 multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
 layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
 bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
-Inputs and outputs: ``gdnc.frontends.hybrid_graph``. Weights go to ``OUT.data`` beside the file
-(relative location); both are written through temporary files and renamed.
+Inputs and outputs: ``gdnc.frontends.hybrid_graph``. Weights go to a data file beside the output
+(relative location, ``OUT.<8 hex>.data``); both are written atomically (``save_onnx``).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from gdnc import fused_op
+from gdnc.atomic import check_not_overwriting, check_target
 from gdnc.convert import TARGETS, emit_target
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import hybrid_config
 from gdnc.frontends.hybrid_graph import Composition, build_unfused
-from gdnc.ir.to_onnx import save_onnx
+from gdnc.ir.to_onnx import external_data_files, save_onnx
 from gdnc.runtime.hybrid_runner import build_fused
 
 DEFAULT_LENGTHS = (8,)
@@ -42,16 +43,15 @@ def _check_lengths(lengths: tuple[int, ...]) -> None:
 
 def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
                 lengths: tuple[int, ...] = DEFAULT_LENGTHS, target: str = "native") -> dict[str, Any]:
-    """Write the GGUF hybrid ``path`` as ONNX to ``output`` (weights in ``output.data``);
+    """Write the GGUF hybrid ``path`` as ONNX to ``output`` (weights in a data file beside it);
     returns a small report (architecture, node counts, composition, files)."""
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     lengths = tuple(int(n) for n in lengths)
     if unfused:
         _check_lengths(lengths)
-    src, dst = Path(path), Path(output)
-    if dst.resolve() == src.resolve():
-        raise InputError(f"{dst}: the output would overwrite the input")
+    src, dst = Path(path), check_target(output)
+    check_not_overwriting(dst, [src])
     f = GgufFile(src)
     cfg = hybrid_config(f)
     if unfused:
@@ -61,7 +61,7 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
         emit_target(model, target)
     save_onnx(model, dst, external_data=True)
     ops = model.graph.op_histogram()
-    data = dst.parent / (dst.name + ".data")
+    data = external_data_files(dst)
     return {
         "architecture": cfg.arch,
         "fused": not unfused,
@@ -72,5 +72,5 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
         "recurrent_layers": sum(cfg.recurrent),
         "layers": cfg.n_layer,
         "output": str(dst),
-        "external_data": str(data) if data.exists() else None,
+        "external_data": str(data[0]) if data else None,
     }

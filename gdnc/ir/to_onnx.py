@@ -1,14 +1,18 @@
-"""IR ``Model`` -> ONNX ModelProto / file. Files are written atomically (temp file + rename)."""
+"""IR ``Model`` -> ONNX ModelProto / file (written atomically, see ``save_onnx``)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import glob
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import _get_all_tensors, set_external_data, uses_external_data
 
+from gdnc.atomic import Replacement
 from gdnc.errors import GdncError
 from gdnc.ir.graph import Attr, Graph, Model, Value
 
@@ -124,58 +128,89 @@ def attr_to_proto(name: str, attr: Attr) -> onnx.AttributeProto:
 
 
 def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data: bool | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically.
+    """Write ``model`` to ``path`` through ``gdnc.atomic.Replacement``: whenever the writing
+    stops (an error, SIGINT, SIGKILL), ``path`` is the previous model, data file included, or
+    the new one, complete.
 
-    ``external_data``: True stores tensors >= 1 KiB in ``<name>.data`` beside the file (a
-    relative location), False keeps everything inline, None decides by size (> 1.5 GiB).
+    ``external_data``: True stores tensors >= 1 KiB in a data file beside ``path`` named for
+    this write (``<name>.<8 hex>.data``, a relative location), False keeps everything inline,
+    None decides by size (> 1.5 GiB). The data file goes into place before the model that
+    refers to it; once the model is in place, the data file of the previous model is removed
+    if it is one of these (same folder, that naming) and not the new one.
     """
-    proto = model_to_proto(model) if isinstance(model, Model) else model
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    proto = model_to_proto(model) if isinstance(model, Model) else model
     if external_data is None:
         external_data = proto.ByteSize() > 1_500_000_000
-    data_name = path.name + ".data"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    tmp_path = Path(tmp)
-    tmp_data = path.parent / f".{data_name}.tmp"
-    try:
-        if external_data:
+    data = None
+    if external_data:
+        if proto is model:  # the caller's message stays as it was
             proto = _copy(proto)
-            onnx.external_data_helper.convert_model_to_external_data(
-                proto, all_tensors_to_one_file=True, location=tmp_data.name,
-                size_threshold=EXTERNAL_DATA_THRESHOLD,
-            )
-            onnx.save_model(proto, str(tmp_path))  # writes the tensors into tmp_data
-            _relocate(proto, tmp_data.name, data_name)
-            onnx.save_model(proto, str(tmp_path), save_as_external_data=False)
-            if tmp_data.exists():
-                os.chmod(tmp_data, 0o666 & ~umask)
-                os.replace(tmp_data, path.parent / data_name)
-        else:
-            with open(tmp_path, "wb") as fh:
-                fh.write(proto.SerializeToString())
-        os.replace(tmp_path, path)
-    except (OSError, ValueError) as exc:
-        raise GdncError(f"cannot write {path}: {exc}") from exc
-    finally:
-        for leftover in (tmp_path, tmp_data):
-            if leftover.exists():
-                leftover.unlink()
+        data = _mark_external(proto, path)
+    with Replacement(path, new_files=[] if data is None else [data]) as rep:
+        rep.remove_on_commit(*(f for f in _own_data_files(path) if f != data))
+        if data is not None:
+            _write_external(proto, rep.temp(data), data.name)
+        try:
+            serialized = proto.SerializeToString()
+        except ValueError as exc:  # over protobuf's 2 GiB
+            raise GdncError(f"cannot write {path}: {exc}") from exc
+        with open(rep.temp(path), "wb") as fh:
+            fh.write(serialized)
     return path
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """The files the ONNX model at ``path`` keeps tensors in (its relative locations, beside
+    it), in order of first use; [] if it has none, or cannot be read."""
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError):
+        return []
+    locations = dict.fromkeys(e.value for t in _get_all_tensors(proto) for e in t.external_data
+                              if e.key == "location")
+    return [path.parent / loc for loc in locations]
+
+
+def _own_data_name(path: Path) -> re.Pattern[str]:
+    return re.compile(re.escape(path.name) + r"\.[0-9a-f]{8}\.data")
+
+
+def _own_data_files(path: Path) -> list[Path]:
+    """The data files that the model now at ``path`` uses and that ``save_onnx`` wrote."""
+    own = _own_data_name(path)
+    if not any(own.fullmatch(p.name) for p in path.parent.glob(glob.escape(path.name) + ".*.data")):
+        return []  # spares reading the old model
+    return [f for f in external_data_files(path) if f == path.parent / f.name and own.fullmatch(f.name)]
+
+
+def _mark_external(proto: onnx.ModelProto, path: Path) -> Path | None:
+    """Mark the initializers >= 1 KiB of ``proto`` as kept in a new data file for ``path``;
+    that file's path, or None if no tensor is that large."""
+    while True:
+        data = path.with_name(f"{path.name}.{secrets.token_hex(4)}.data")
+        if not data.exists():
+            break
+    onnx.external_data_helper.convert_model_to_external_data(
+        proto, all_tensors_to_one_file=True, location=data.name, size_threshold=EXTERNAL_DATA_THRESHOLD)
+    marked = any(uses_external_data(t) and t.HasField("raw_data") for t in _get_all_tensors(proto))
+    return data if marked else None
+
+
+def _write_external(proto: onnx.ModelProto, file: Path, location: str) -> None:
+    """Move the raw data of the tensors marked external into ``file``, one after another, each
+    tensor then pointing at its bytes in ``location``."""
+    with open(file, "wb") as fh:
+        for tensor in _get_all_tensors(proto):
+            if uses_external_data(tensor) and tensor.HasField("raw_data"):
+                offset = fh.tell()
+                fh.write(tensor.raw_data)
+                set_external_data(tensor, location, offset, len(tensor.raw_data))
+                tensor.ClearField("raw_data")
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
-
-
-def _relocate(proto: onnx.ModelProto, old: str, new: str) -> None:
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new

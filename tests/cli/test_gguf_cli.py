@@ -98,7 +98,7 @@ def test_run_json_serves_three_prompts_on_two_slots(batch) -> None:
     records, timing = batch
     assert [r["prompt"] for r in records] == list(PROMPTS)
     for r in records:
-        assert set(r) == {"prompt", "prompt_ids", "generated_ids", "text", "finish_reason"}
+        assert set(r) == {"prompt", "prompt_ids", "generated_ids", "text", "status", "finish_reason"}
         assert r["prompt_ids"] and all(isinstance(t, int) for t in r["prompt_ids"])
         assert isinstance(r["text"], str)
         if r["finish_reason"] == "eos":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from gdnc.errors import GdncError, InputError, ModelLoadError
 from gdnc.gguf_export import export_gguf, parse_lengths
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, StatePool, batch_feeds
 from tests.frontends.test_gguf_models import ARCHS, MAX_ABS, gguf_path, reference
+
+DATA_SUFFIX = r"\.[0-9a-f]{8}\.data"  # save_onnx names each data file for its write
 
 
 @pytest.fixture(scope="module", params=ARCHS)
@@ -78,7 +81,7 @@ def exported(arch, tmp_path_factory) -> dict[str, Path]:
     assert rep["composition"] == [5, 3] and rep["gated_delta_net_nodes"] == 0
     rep = export_gguf(gguf_path(arch), paths["fused"], unfused=False)
     assert rep["architecture"] == arch and rep["gated_delta_net_nodes"] == rep["recurrent_layers"] == 3
-    assert rep["external_data"] == str(paths["fused"]) + ".data"
+    assert re.fullmatch(re.escape(str(paths["fused"])) + DATA_SUFFIX, rep["external_data"])
     return paths
 
 
@@ -88,9 +91,10 @@ def test_files_are_valid_onnx_with_relative_external_data(exported):
         proto = onnx.load(str(path), load_external_data=False)
         locations = {e.value for t in proto.graph.initializer for e in t.external_data
                      if e.key == "location"}
-        assert locations == {path.name + ".data"}
+        (location,) = locations
+        assert re.fullmatch(re.escape(path.name) + DATA_SUFFIX, location)
         assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name)) == \
-            [path.name, path.name + ".data"]
+            [path.name, location]
 
 
 def test_unfused_export_matches_gdnc_unfused_and_fused(arch, exported):
@@ -144,11 +148,11 @@ def test_bad_lengths_and_target_are_input_errors(tmp_path):
 def test_failed_write_leaves_no_output(tmp_path, monkeypatch):
     out = tmp_path / "out.onnx"
 
-    def broken_save(proto, path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
+    def broken_write(proto, file, location):
+        Path(file).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("gdnc.ir.to_onnx.onnx.save_model", broken_save)
+    monkeypatch.setattr("gdnc.ir.to_onnx._write_external", broken_write)
     with pytest.raises(GdncError, match="disk full") as exc:
         export_gguf(gguf_path("qwen35"), out, unfused=True, lengths=(2,))
     assert "\n" not in str(exc.value)
@@ -181,7 +185,7 @@ def test_cli_convert_gguf(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["composition"] == [5, 3] and rep["output"] == str(out)
-    assert out.exists() and (tmp_path / "u.onnx.data").exists()
+    assert out.exists() and Path(rep["external_data"]).exists()
     assert [i.name for i in _session(out).get_inputs()][0] == "tokens"
 
     proc = gdnc("convert", src, "-o", tmp_path / "f.onnx", "--lengths", "5,3")
@@ -190,4 +194,5 @@ def test_cli_convert_gguf(tmp_path):
     bad.write_bytes(src.read_bytes()[:5000])
     proc = gdnc("convert", bad, "-o", tmp_path / "g.onnx")
     _one_line_error(proc, str(bad))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf", "u.onnx", "u.onnx.data"]
+    data = Path(rep["external_data"]).name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gguf", "u.onnx", data]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from onnx import helper
 from gdnc.errors import GraphError, ModelLoadError
 from gdnc.frontends.onnx_model import load_onnx, model_from_proto
 from gdnc.ir.graph import Graph, Node
-from gdnc.ir.to_onnx import model_to_proto, save_onnx
+from gdnc.ir.to_onnx import external_data_files, model_to_proto, save_onnx
 from tests.models.zoo import EXPORTERS, export_hf
 
 
@@ -37,10 +38,11 @@ def test_external_data_round_trip(tmp_path) -> None:
     zoo = export_hf(T=3, exporter="dynamo", gva=True)
     model = load_onnx(zoo.path)
     path = save_onnx(model, tmp_path / "m.onnx", external_data=True)
-    assert (tmp_path / "m.onnx.data").is_file()
+    (data,) = external_data_files(path)
+    assert data.is_file() and re.fullmatch(r"m\.onnx\.[0-9a-f]{8}\.data", data.name)
     raw = onnx.load(str(path), load_external_data=False)
     external = [t for t in raw.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    assert external and all(e.value == "m.onnx.data" for t in external for e in t.external_data
+    assert external and all(e.value == data.name for t in external for e in t.external_data
                             if e.key == "location")
     reloaded = load_onnx(path)
     assert reloaded.external_data
