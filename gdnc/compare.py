@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from gdnc.ir.to_onnx import model_to_proto
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
+
+MAX_RANDOM_ELEMENTS = 1 << 28  # per input: 1 GiB of fp32 drawn at most
 
 FP32_TOLERANCE = 1e-5  # relative L2 (SPEC §6, recurrent fp32)
 
@@ -83,6 +86,9 @@ def random_inputs(
         if spec.shape is None:
             raise InputError(f"input {name!r} has no known rank; pass --inputs")
         shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 2) for d in spec.shape]
+        if math.prod(shape) > MAX_RANDOM_ELEMENTS:
+            raise InputError(f"input {name!r} declares shape {shape} ({math.prod(shape)} elements, "
+                             f"over {MAX_RANDOM_ELEMENTS} for random inputs); pass --inputs")
         dtype = torch_dtype(spec.dtype)
         if dtype.is_floating_point:
             x = rng.standard_normal(shape)

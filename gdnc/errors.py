@@ -27,6 +27,11 @@ class OpArgumentError(ShapeError):
     """Bad arguments to a kernel (slot out of range, unsorted cu_seqlens ...)."""
 
 
+class ExecutionError(GdncError):
+    """An op failed on the values it was given at run time (an index out of range, a size the
+    memory cannot hold); the message names the node."""
+
+
 class RewriteError(GdncError):
     """A pass could not produce a valid graph."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -45,7 +47,7 @@ def fold_constants(model: Model) -> int:
             values = [_shape_value(node, shape)]
         else:
             arrays = _const_inputs(g, node.inputs)
-            if arrays is None:
+            if arrays is None or _output_elements(g, node, arrays) > MAX_FOLDED_ELEMENTS:
                 continue
             try:
                 tensors = [None if a is None else torch.from_numpy(np.array(a)) for a in arrays]
@@ -61,6 +63,27 @@ def fold_constants(model: Model) -> int:
                 g.add_initializer(name, value)
         folded += 1
     return folded
+
+
+def _output_elements(g: Graph, node, arrays: list[np.ndarray | None]) -> int:
+    """The largest output's element count as far as it is known BEFORE evaluating the node:
+    from inferred shapes, and from the size-giving input of the ops that make large tensors
+    from small constants (so nothing is allocated from a hostile shape)."""
+    known = [math.prod(s) for s in (static_shape(g, o) for o in node.outputs if o) if s is not None]
+    op, x = node.op_type, arrays
+    try:
+        if op == "ConstantOfShape" and x[0] is not None:
+            known.append(math.prod(int(d) for d in x[0].reshape(-1)))
+        elif op == "Expand" and x[0] is not None and x[1] is not None:
+            known.append(math.prod(max(int(d), 1) for d in x[1].reshape(-1)) * max(x[0].size, 1))
+        elif op == "Tile" and x[0] is not None and x[1] is not None:
+            known.append(x[0].size * math.prod(int(d) for d in x[1].reshape(-1)))
+        elif op == "Range":
+            start, limit, delta = (float(a.reshape(-1)[0]) for a in x)  # type: ignore[union-attr]
+            known.append(max(math.ceil((limit - start) / delta), 0) if delta else 0)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return MAX_FOLDED_ELEMENTS + 1  # nonsense sizes: leave the node to the runtime's checks
+    return max(known, default=0)
 
 
 def _shape_value(node, shape: tuple[int, ...]) -> np.ndarray:

@@ -95,7 +95,10 @@ def movement_marker(g: Graph, region: Region, value: str, opset: int) -> np.ndar
 
     for nid in region.nodes:
         node = g.node(nid)
-        outs = eval_node(node, [read(i) for i in node.inputs], opset)
+        try:
+            outs = eval_node(node, [read(i) for i in node.inputs], opset)
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            return None  # bad index values in the model: not folded, the runtime reports them
         env.update(zip(node.outputs, outs))
     return env[value].numpy()
 

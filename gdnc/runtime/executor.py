@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 import gdnc.runtime.fused_ops  # noqa: F401  (registers ai.gdnc ops)
-from gdnc.errors import InputError
+from gdnc.errors import ExecutionError, GdncError, InputError
 from gdnc.ir.graph import Graph, Model
 from gdnc.runtime.node_eval import op_context
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
@@ -29,6 +29,13 @@ class _Step:
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
     host_args: tuple[tuple[int, torch.Tensor], ...] = ()  # (position, host copy of a constant)
+    name: str = ""
+    op: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 # ops whose outputs never alias their inputs: a reader of this kind that ran earlier leaves a
@@ -80,7 +87,8 @@ class GraphRunner:
             host_args = tuple((j, host[name]) for j, name in enumerate(node.inputs)
                               if j in host_inputs(node.domain, node.op_type) and name in host)
             steps.append(_Step(impl, ctx, tuple(node.inputs), tuple(node.outputs), frees,
-                               host_args if device.type != "cpu" else ()))
+                               host_args if device.type != "cpu" else (), node.name or f"#{nid}",
+                               node.qualified_op))
         self.steps = steps
 
     def _subgraph_runner(self, opsets: Mapping[str, int]):
@@ -99,7 +107,13 @@ class GraphRunner:
             args = [env[n] if n else None for n in step.inputs]
             for j, value in step.host_args:
                 args[j] = value
-            outs = step.impl(step.ctx, args)
+            try:
+                outs = step.impl(step.ctx, args)
+            except GdncError:
+                raise
+            except (RuntimeError, IndexError, ValueError, TypeError, MemoryError) as exc:
+                # what torch says about bad values (indices, sizes) in a model: one line naming the node
+                raise ExecutionError(f"node {step.name!r} ({step.op}): {_first_line(exc)}") from exc
             for name, value in zip(step.outputs, outs):
                 if name:
                     env[name] = value
