@@ -10,8 +10,8 @@ and just after the model's rename. After each kill the folder holds the old outp
 none before): never a model that fails to load. No visible stray file, except after SIGKILL a
 data file no model refers to (killed between the data file's rename and the model's, or before
 the old data file is removed); hidden temporary files after SIGKILL only. SIGINT exits 130 with
-the one line "interrupted". Each kill is a case of the "atomic" tally: refused (old output
-left), accepted (new output complete), broken.
+the one line "interrupted". Each kill is a case of the "atomic" tally: old output intact, new
+output complete, or broken.
 
 The kill points of ``-m slow`` are many more (12 moments per signal, more mid-write points,
 kills without a previous output).
@@ -370,14 +370,11 @@ def _judge(out: Path, source: Source, kill: Kill, code: int, stderr: str) -> str
     if strays and not unreferenced_data:
         problems.append(f"stray files {strays}")
     problems += _exit_problems(kill, state, code, stderr)
-    TALLY.tried[SUITE] += 1
     if problems:
+        TALLY.tried[SUITE] += 1
         TALLY.broken.append(f"{SUITE}: {kill}: {'; '.join(problems)}")
         raise AssertionError(f"{kill}: {'; '.join(problems)}")
-    if state == "new":
-        TALLY.accepted[SUITE] += 1
-    else:
-        TALLY.refused[SUITE] += 1
+    TALLY.note(SUITE, f"kills leaving the {'new output complete' if state == 'new' else 'old output intact'}")
     return state
 
 

@@ -139,9 +139,9 @@ def _poisoned(path: Path, value: float) -> Path:
     return rewrite(path, path.with_name(f"{name}-{path.name}"), tensors={"token_embd.weight": emb})
 
 
-def _two_steps(path: Path, fused: bool):
+def _two_steps(path: Path, fused: bool, device: str = "cpu"):
     """Prefill then decode of three sequences; the middle one reads the poisoned token."""
-    model = HybridModel(str(path), fused=fused)
+    model = HybridModel(str(path), fused=fused, device=device)
     pool = model.new_pool(4, 32)
     slots = [pool.allocate() for _ in range(3)]
     batches = [[(1, 2, 3), (5, POISONED_TOKEN, 6, 7), (9,)], [(4,), (8,), (10, 11)]]
@@ -149,12 +149,15 @@ def _two_steps(path: Path, fused: bool):
     return logits, {k: v[[slots[0], slots[2]]].clone() for k, v in pool.tensors.items()}
 
 
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
-def test_a_non_finite_input_stays_in_its_sequence(model_paths, arch, fused):
-    clean_logits, clean_pools = _two_steps(model_paths[arch], fused)
+def test_a_non_finite_input_stays_in_its_sequence(model_paths, arch, fused, device):
+    clean_logits, clean_pools = _two_steps(model_paths[arch], fused, device)
     for value in (np.nan, np.inf):
-        logits, pools = _two_steps(_poisoned(model_paths[arch], value), fused)
+        logits, pools = _two_steps(_poisoned(model_paths[arch], value), fused, device)
         for step in range(2):
             assert not torch.isfinite(logits[step][1]).all()
             for n in (0, 2):
