@@ -124,10 +124,10 @@ class GgufTokenizer:
             raw_types = meta[_KEY + "token_type"]
             if not isinstance(raw_types, (list, tuple)):
                 raise ModelLoadError(f"GGUF tokenizer: {_KEY}token_type is not a list")
-            token_types = [_int(t, f"{_KEY}token_type entry") for t in raw_types]
-            if len(token_types) != len(tokens):
+            if len(raw_types) != len(tokens):
                 raise ModelLoadError(
-                    f"GGUF tokenizer: {_KEY}token_type has {len(token_types)} for {len(tokens)} tokens")
+                    f"GGUF tokenizer: {_KEY}token_type has {len(raw_types)} for {len(tokens)} tokens")
+            token_types = [_int(t, f"{_KEY}token_type entry") for t in raw_types]
             bad = next((t for t in token_types if not TOKEN_UNDEFINED <= t <= TOKEN_BYTE), None)
             if bad is not None:
                 raise ModelLoadError(f"GGUF tokenizer: unknown token type {bad} in {_KEY}token_type")
