@@ -11,6 +11,7 @@ updated pools in.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -68,17 +69,20 @@ class StatePool:
         if slots < 1 or n_ctx < 1:
             raise InputError(f"state pool: need >= 1 slot and context >= 1 (got {slots}, {n_ctx})")
         self.slots, self.n_ctx = slots, n_ctx
-        self.tensors: dict[str, torch.Tensor] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for i, rec in enumerate(cfg.recurrent):
             if rec:
-                self.tensors[f"ssm_state.{i}"] = torch.zeros(slots, cfg.n_v_heads, cfg.k_dim, cfg.v_dim,
-                                                             device=device)
-                self.tensors[f"conv_state.{i}"] = torch.zeros(slots, cfg.conv_kernel - 1,
-                                                              cfg.conv_channels, device=device)
+                shapes[f"ssm_state.{i}"] = (slots, cfg.n_v_heads, cfg.k_dim, cfg.v_dim)
+                shapes[f"conv_state.{i}"] = (slots, cfg.conv_kernel - 1, cfg.conv_channels)
             else:
                 for name in ("k_cache", "v_cache"):
-                    self.tensors[f"{name}.{i}"] = torch.zeros(slots, n_ctx, cfg.n_head_kv, cfg.head_dim,
-                                                              device=device)
+                    shapes[f"{name}.{i}"] = (slots, n_ctx, cfg.n_head_kv, cfg.head_dim)
+        try:
+            self.tensors = {name: torch.zeros(shape, device=device) for name, shape in shapes.items()}
+        except (RuntimeError, MemoryError) as exc:
+            gib = sum(math.prod(s) for s in shapes.values()) * 4 / 2**30
+            raise InputError(f"state pool: {gib:.1f} GiB for {slots} slot(s) of context {n_ctx} cannot "
+                             f"be allocated on {device}; lower --parallel or --ctx") from exc
         self.n_past = [0] * slots
         self.live = [False] * slots
 
