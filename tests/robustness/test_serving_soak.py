@@ -225,16 +225,17 @@ def test_pool_exhaustion_queues_or_refuses_never_evicts(model_paths):
 def test_a_pool_too_big_for_memory_is_one_line(model_paths):
     """--ctx 10^8 asks for ~48 GiB of KV cache: a one-line error before anything runs, in a
     real process under an address-space limit (so nothing is really allocated)."""
+    import os
     import resource
     import subprocess
     import sys
 
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
     proc = subprocess.run([sys.executable, "-m", "gdnc", "run", str(model_paths["qwen35"]), "-p", "hi",
                            "-n", "1", "--ctx", str(10**8)], capture_output=True, text=True, timeout=120,
-                          preexec_fn=limit)
+                          preexec_fn=limit, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "state pool: 47.7 GiB for 1 slot(s) of context 100000000 cannot be allocated" in lines[0]
