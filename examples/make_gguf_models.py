@@ -124,9 +124,26 @@ def keep_f32(name: str, t: np.ndarray) -> bool:
             or name.endswith(".ffn_gate_inp.weight"))
 
 
+FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}  # general.file_type (llama_ftype)
+
+
 def metadata(arch: str, variant: str, tensors: dict[str, np.ndarray],
-             tok: tuple[list[str], list[int], list[str]]) -> list[tuple[str, object, GGUFValueType]]:
-    """(key, value, type) in the fixtures' key order; general.architecture comes from the writer."""
+             tok: tuple[list[str], list[int], list[str]], dims: dict[str, int] | None = None,
+             name: str | None = None) -> list[tuple[str, object, GGUFValueType]]:
+    """(key, value, type) in the fixtures' key order; general.architecture comes from the writer.
+
+    ``dims`` overrides this module's shape constants by name (``E``, ``N_LAYER``, ``N_FF``,
+    ``K``, ...) for models of another size; ``name`` overrides ``general.name``.
+    """
+    d = {k: globals()[k] for k in ("E", "N_LAYER", "INTERVAL", "CTX", "EPS", "H", "HV", "K", "CONV",
+                                   "N_HEAD", "N_HEAD_KV", "HEAD_DIM", "ROPE_DIM", "N_FF",
+                                   "N_EXPERT", "N_USED", "N_FF_EXP", "N_FF_SHEXP")}
+    d |= dims or {}
+    E, N_LAYER, INTERVAL, CTX, EPS = d["E"], d["N_LAYER"], d["INTERVAL"], d["CTX"], d["EPS"]
+    H, HV, K, CONV = d["H"], d["HV"], d["K"], d["CONV"]
+    N_HEAD, N_HEAD_KV, HEAD_DIM, ROPE_DIM = d["N_HEAD"], d["N_HEAD_KV"], d["HEAD_DIM"], d["ROPE_DIM"]
+    N_FF, N_EXPERT, N_USED = d["N_FF"], d["N_EXPERT"], d["N_USED"]
+    N_FF_EXP, N_FF_SHEXP = d["N_FF_EXP"], d["N_FF_SHEXP"]
     moe = arch != "qwen35"
     expert = sum(t.size for n, t in tensors.items() if "_exps." in n) // N_EXPERT if moe else 0
     total = sum(t.size for t in tensors.values())
@@ -134,7 +151,7 @@ def metadata(arch: str, variant: str, tensors: dict[str, np.ndarray],
     a = arch + "."
     experts = [(a + "expert_count", N_EXPERT, U32), (a + "expert_used_count", N_USED, U32)]
     kv: list[tuple[str, object, GGUFValueType]] = [
-        ("general.type", "model", STR), ("general.name", NAMES[arch], STR),
+        ("general.type", "model", STR), ("general.name", name or NAMES[arch], STR),
         ("general.size_label", label, STR), (a + "block_count", N_LAYER, U32),
         (a + "context_length", CTX, U32), (a + "embedding_length", E, U32),
         *([(a + "feed_forward_length", N_FF, U32)] if arch != "qwen35moe" else []),
@@ -143,7 +160,7 @@ def metadata(arch: str, variant: str, tensors: dict[str, np.ndarray],
         (a + "rope.freq_base", 10000.0, F32), (a + "attention.layer_norm_rms_epsilon", EPS, F32),
         *(experts if moe else []),
         (a + "attention.key_length", HEAD_DIM, U32), (a + "attention.value_length", HEAD_DIM, U32),
-        ("general.file_type", 0 if variant == "f32" else 7, U32),
+        ("general.file_type", FILE_TYPES[variant], U32),
         *([(a + "expert_feed_forward_length", N_FF_EXP, U32),
            (a + "expert_shared_feed_forward_length", N_FF_SHEXP, U32)] if moe else []),
         (a + "ssm.conv_kernel", CONV, U32), (a + "ssm.state_size", K, U32),
@@ -167,12 +184,22 @@ def write_model(path: Path, arch: str, variant: str, tok: tuple[list[str], list[
                 seed: int = 0) -> Path:
     """Write one model to ``path`` atomically (temp file in the same folder, then rename)."""
     tensors = make_tensors(arch, len(tok[0]), np.random.default_rng(seed + SEED_OFFSET[arch]))
+    return write_gguf(path, arch, variant, metadata(arch, variant, tensors, tok), tensors)
+
+
+def write_gguf(path: Path, arch: str, variant: str, kv: list[tuple[str, object, GGUFValueType]],
+               tensors: dict[str, np.ndarray]) -> Path:
+    """Write metadata ``kv`` and F32 ``tensors`` (stored as ``variant``) to ``path`` atomically.
+
+    ``f16``/``q8_0``: 2-D weights become F16/Q8_0; what ``keep_f32`` names stays F32, as in
+    llama.cpp's converter.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is normally world-readable
     try:
         w = GGUFWriter(tmp, arch)
-        for key, value, vtype in metadata(arch, variant, tensors, tok):
+        for key, value, vtype in kv:
             if isinstance(value, list):
                 w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=vtype)
             else:
@@ -180,6 +207,8 @@ def write_model(path: Path, arch: str, variant: str, tok: tuple[list[str], list[
         for name, t in tensors.items():
             if variant == "f32" or keep_f32(name, t):
                 w.add_tensor(name, t)
+            elif variant == "f16":
+                w.add_tensor(name, t.astype(np.float16))
             else:
                 w.add_tensor(name, quantize(t, GGMLQuantizationType.Q8_0),
                              raw_dtype=GGMLQuantizationType.Q8_0)
