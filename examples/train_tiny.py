@@ -43,6 +43,7 @@ N_HEAD, N_HEAD_KV, HEAD_DIM, ROPE_DIM = 6, 2, 32, 8
 N_FF = 512
 SEQ, BATCH, PEAK_LR, WARMUP, WD = 128, 16, 3e-3, 100, 0.05
 HOLDOUT = 0.05
+OVERLAP_CHARS = 40
 DIMS = {"E": E, "N_LAYER": N_LAYER, "INTERVAL": INTERVAL, "CTX": CTX, "H": H, "HV": HV, "K": K,
         "CONV": CONV, "N_HEAD": N_HEAD, "N_HEAD_KV": N_HEAD_KV, "HEAD_DIM": HEAD_DIM,
         "ROPE_DIM": ROPE_DIM, "N_FF": N_FF}
@@ -80,13 +81,33 @@ def hf_tokenizer(tok: tuple[list[str], list[int], list[str]]) -> Tokenizer:
     return t
 
 
+def _standalone_topics(keys: list[str]) -> list[str]:
+    """The topics none of whose ``OVERLAP_CHARS``-character chunks occurs in another topic
+    (pydoc's topics quote each other at length: holding out such a topic would measure recall)."""
+    texts = pydoc_data.topics.topics
+    owner: dict[str, int] = {}  # every window of every topic -> its topic, -1 if in several
+    for i, k in enumerate(keys):
+        text = texts[k]
+        for w in {text[j:j + OVERLAP_CHARS] for j in range(len(text) - OVERLAP_CHARS + 1)}:
+            owner[w] = i if owner.get(w, i) == i else -1
+    return [k for k in keys
+            if all(owner[texts[k][j:j + OVERLAP_CHARS]] != -1
+                   for j in range(0, len(texts[k]) - OVERLAP_CHARS + 1, OVERLAP_CHARS))]
+
+
 def split_topics(seed: int) -> tuple[list[str], list[str]]:
-    """(train keys, held-out keys): a seeded 5% of the sorted topic keys is held out."""
-    keys = sorted(pydoc_data.topics.topics)
-    n_held = max(1, round(HOLDOUT * len(keys)))
-    perm = np.random.default_rng(seed).permutation(len(keys))
-    held = sorted(keys[i] for i in perm[:n_held])
-    return [k for k in keys if k not in held], held
+    """(train keys, held-out keys): topics that share no text with any other, drawn in a seeded
+    order until they hold ``HOLDOUT`` of all the text."""
+    texts = pydoc_data.topics.topics
+    keys = sorted(texts)
+    budget = HOLDOUT * sum(len(texts[k]) for k in keys)
+    candidates = _standalone_topics(keys)
+    held: list[str] = []
+    for i in np.random.default_rng(seed).permutation(len(candidates)):
+        if sum(len(texts[k]) for k in held) >= budget:
+            break
+        held.append(candidates[i])
+    return [k for k in keys if k not in held], sorted(held)
 
 
 def encode_topics(t: Tokenizer, keys: list[str], eot: int) -> np.ndarray:
@@ -220,34 +241,35 @@ def write_ggufs(model, tok, out: Path) -> list[Path]:
     return paths
 
 
-def verify(model, f16_path: Path, held: np.ndarray, tok: tuple, hf_tok: Tokenizer) -> dict:
-    """gdnc (fused / unfused) on the F16 file vs HF fp32 and HF with fp16-rounded weights."""
-    import copy
+def verify(model, tok: tuple, held: np.ndarray, hf_tok: Tokenizer, out: Path) -> dict:
+    """gdnc (fused / unfused) vs HF fp32 logits and held-out perplexity: on an F32 GGUF of the
+    same weights (a temporary file: the layout mapping alone) and on the written F16 / Q8_0
+    files (mapping plus weight rounding)."""
+    import tempfile
 
     from gdnc.frontends.gguf_tokenizer import GgufTokenizer
     from gdnc.runtime.hybrid_runner import HybridModel
 
-    res: dict = {}
-    fused, unfused = HybridModel(str(f16_path), fused=True), HybridModel(str(f16_path), fused=False)
-    gt = GgufTokenizer.from_metadata(fused.file.metadata)
     sample = pydoc_data.topics.topics["for"][:400]
-    res["tokenizer_match"] = gt.encode(sample) == hf_tok.encode(sample).ids
-    m16 = copy.deepcopy(model)
-    with torch.no_grad():
-        for prm in m16.parameters():
-            prm.copy_(prm.half().float())
     snippet = held[:SEQ]
-    ref32, ref16 = hf_logits(model)(snippet), hf_logits(m16)(snippet)
-    for label, hm in (("fused", fused), ("unfused", unfused)):
-        lg = hm.logits(snippet).float()
-        res[f"max_dlogit_{label}_vs_hf_fp32"] = (lg - ref32).abs().max().item()
-        res[f"max_dlogit_{label}_vs_hf_fp16w"] = (lg - ref16).abs().max().item()
-        res[f"top1_{label}_vs_hf_fp32"] = (lg.argmax(-1) == ref32.argmax(-1)).float().mean().item()
-    res["max_dlogit_fused_vs_unfused"] = (fused.logits(snippet) - unfused.logits(snippet)).abs().max().item()
-    res["ppl_heldout_hf_fp32"] = perplexity(hf_logits(model), held)
-    res["ppl_heldout_hf_fp16w"] = perplexity(hf_logits(m16), held)
-    res["ppl_heldout_gdnc_fused"] = perplexity(fused.logits, held)
-    res["ppl_heldout_gdnc_unfused"] = perplexity(unfused.logits, held)
+    ref = hf_logits(model)(snippet)
+    res: dict = {"ppl_heldout_hf_fp32": perplexity(hf_logits(model), held)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = gguf_tensors(model)
+        f32 = write_gguf(Path(tmp) / "tiny-qwen35-f32.gguf", ARCH, "f32",
+                         metadata(ARCH, "f32", tensors, tok, dims=DIMS, name=NAME), tensors)
+        for variant, path in (("f32", f32), ("f16", out / "tiny-qwen35-f16.gguf"),
+                              ("q8_0", out / "tiny-qwen35-q8_0.gguf")):
+            for fused in (True, False):
+                label = f"{variant}_{'fused' if fused else 'unfused'}"
+                hm = HybridModel(str(path), fused=fused)
+                if variant == "f32" and fused:
+                    gt = GgufTokenizer.from_metadata(hm.file.metadata)
+                    res["tokenizer_match"] = gt.encode(sample) == hf_tok.encode(sample).ids
+                lg = hm.logits(snippet).float()
+                res[f"max_dlogit_{label}_vs_hf"] = (lg - ref).abs().max().item()
+                res[f"top1_{label}_vs_hf"] = (lg.argmax(-1) == ref.argmax(-1)).float().mean().item()
+                res[f"ppl_heldout_{label}"] = perplexity(hm.logits, held)
     return res
 
 
@@ -291,7 +313,7 @@ def main() -> None:
             "held_out_topics": held_keys, "train_tokens": len(train_ids),
             "held_out_tokens": len(held_ids), "ppl_heldout_hf_fp32": ppl, "log": log}
     if not args.no_verify:
-        info["verify"] = verify(model, paths[0], held_ids, tok, hf_tok)
+        info["verify"] = verify(model, tok, held_ids, hf_tok, args.out)
         for k, v in info["verify"].items():
             print(f"{k}: {v}", flush=True)
     (side / "train_log.json").write_text(json.dumps(info, indent=1) + "\n")

@@ -31,8 +31,7 @@ def _path(variant: str, folder: Path = EXAMPLES) -> Path:
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def variant(request) -> str:
-    if not _path(request.param).exists():
-        pytest.skip(f"{_path(request.param).name} not present (run examples/train_tiny.py)")
+    assert _path(request.param).is_file(), f"{_path(request.param)} is committed with the project"
     return request.param
 
 
