@@ -12,7 +12,7 @@ import onnx
 
 from gdnc import fused_op
 from gdnc.convert import emit_target
-from gdnc.errors import GdncError, InputError
+from gdnc.errors import GdncError, InputError, first_line
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
@@ -57,7 +57,7 @@ def _ort_session(proto: onnx.ModelProto):
     try:
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise GdncError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+        raise GdncError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
 
 
 def gdn_input_roles(model: Model) -> dict[str, str]:

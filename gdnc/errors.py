@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its type name if empty), cut at ``limit`` characters:
+    what a one-line error quotes of an exception from below."""
+    text = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
 class GdncError(Exception):
     """Base of every error gdnc reports to a user (one line, no traceback)."""
 

@@ -17,7 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
 from gguf.quants import dequantize
 
-from gdnc.errors import ModelLoadError
+from gdnc.errors import ModelLoadError, first_line
 from gdnc.frontends.gguf_validate import validate_gguf
 
 # quant types we dequantize; anything else is refused by name
@@ -85,8 +85,7 @@ class GgufFile:
         except ModelLoadError:
             raise
         except Exception as exc:  # a problem the validator does not know: still one line
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"{self.path}: not a readable GGUF file ({detail})") from exc
+            raise ModelLoadError(f"{self.path}: not a readable GGUF file ({first_line(exc)})") from exc
 
     @property
     def architecture(self) -> str:

@@ -14,7 +14,7 @@ from typing import SupportsIndex
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from gdnc.errors import ModelLoadError
+from gdnc.errors import ModelLoadError, first_line
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 TOKEN_UNDEFINED, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL = 0, 1, 2, 3
@@ -158,8 +158,7 @@ class GgufTokenizer:
         try:
             hf = Tokenizer(models.BPE(vocab=vocab, merges=merges))
         except Exception as exc:  # tokenizers raises a bare Exception
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelLoadError(f"GGUF tokenizer: cannot build the BPE model ({detail})") from exc
+            raise ModelLoadError(f"GGUF tokenizer: cannot build the BPE model ({first_line(exc)})") from exc
         hf.normalizer = normalizers.NFC()
         hf.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(SPLIT_PATTERNS[pre]), behavior="isolated"),

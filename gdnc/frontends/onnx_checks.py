@@ -13,7 +13,7 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from gdnc.errors import GraphError, ModelLoadError
+from gdnc.errors import GraphError, ModelLoadError, first_line
 from gdnc.frontends.onnx_external import element_count
 
 _A = onnx.AttributeProto
@@ -33,13 +33,6 @@ def check_structure(proto: onnx.ModelProto) -> None:
     _check_header(proto)
     _check_graph(proto.graph, {"" if o.domain == "ai.onnx" else o.domain: o.version
                                for o in proto.opset_import})
-
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of ``exc``'s message, cut at ``limit`` characters."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[:limit] + " ..."
 
 
 def _check_strings(message: Message) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from gdnc.errors import GdncError, ModelLoadError
-from gdnc.frontends.onnx_checks import MAX_MODEL_BYTES, check_structure, check_types, first_line
+from gdnc.errors import GdncError, ModelLoadError, first_line
+from gdnc.frontends.onnx_checks import MAX_MODEL_BYTES, check_structure, check_types
 from gdnc.frontends.onnx_external import load_tensor_data
 from gdnc.ir.graph import Attr, Graph, Model, Node, Value
 

@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 import gdnc.runtime.fused_ops  # noqa: F401  (registers ai.gdnc ops)
-from gdnc.errors import ExecutionError, GdncError, InputError
+from gdnc.errors import ExecutionError, GdncError, InputError, first_line
 from gdnc.ir.graph import Graph, Model
 from gdnc.runtime.node_eval import op_context
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
@@ -31,11 +31,6 @@ class _Step:
     host_args: tuple[tuple[int, torch.Tensor], ...] = ()  # (position, host copy of a constant)
     name: str = ""
     op: str = ""
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # ops whose outputs never alias their inputs: a reader of this kind that ran earlier leaves a
@@ -113,7 +108,7 @@ class GraphRunner:
                 raise
             except (RuntimeError, IndexError, ValueError, TypeError, MemoryError) as exc:
                 # what torch says about bad values (indices, sizes) in a model: one line naming the node
-                raise ExecutionError(f"node {step.name!r} ({step.op}): {_first_line(exc)}") from exc
+                raise ExecutionError(f"node {step.name!r} ({step.op}): {first_line(exc)}") from exc
             for name, value in zip(step.outputs, outs):
                 if name:
                     env[name] = value
