@@ -1,11 +1,22 @@
-"""``python -m gdnc`` is the ``gdnc`` command (Ctrl-C while it starts: one line, exit 130)."""
+"""``python -m gdnc`` and the ``gdnc`` console script (Ctrl-C while it starts: one line, exit 130)."""
 
 import sys
 
-try:
-    from gdnc.cli import main
-except KeyboardInterrupt:
-    sys.stderr.write("interrupted\n")
-    sys.exit(130)
+from gdnc import interrupt
 
-main()
+
+def run() -> None:
+    """Import the CLI and run it; an interrupt during the (long) imports is one line too."""
+    interrupt.install()
+    try:
+        from gdnc.cli import main
+    except BaseException as exc:
+        if not interrupt.received():
+            raise
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from exc
+    main()
+
+
+if __name__ == "__main__":
+    run()

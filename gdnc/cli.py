@@ -8,10 +8,12 @@ import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 
+from gdnc import interrupt
 from gdnc.errors import GdncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -302,8 +304,20 @@ def _save_npz(path: Path, arrays: dict) -> None:
         np.savez(fh, **arrays)
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """The exception classes of bad command lines (``show()`` prints them, ``exit_code`` 2): typer's
+    own since it vendors click (0.25+), click's before."""
+    vendored = getattr(typer, "TyperException", None)
+    if vendored is not None:
+        return (vendored,)
+    import click
+
+    return (click.ClickException,)
+
+
 def main() -> None:
     """Console entry point: one red line and exit code 1 for any gdnc error."""
+    interrupt.install()
     try:
         code = app(standalone_mode=False)  # typer returns exit codes here: 130 for Ctrl-C
     except GdncError as exc:
@@ -318,13 +332,15 @@ def main() -> None:
         err.print("[red]interrupted[/]")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the boundary: never a traceback for users
+        if interrupt.received():  # Ctrl-C re-raised as another exception on its way here
+            err.print("[red]interrupted[/]")
+            sys.exit(130)
         if os.environ.get("GDNC_DEBUG"):
             raise
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, _usage_errors()):
+            usage: Any = exc  # click's exception API, whichever package defines it
+            usage.show()
+            sys.exit(usage.exit_code)
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (GDNC_DEBUG=1 shows the traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -77,6 +77,35 @@ def test_errors_are_one_line(unfused, tmp_path) -> None:
     _one_line_error(gdnc("convert", path, "-o", tmp_path / "x.onnx", "--target", "tpu"), "unknown target")
 
 
+def test_a_bad_command_line_is_usage_and_exit_2(tmp_path) -> None:
+    proc = gdnc("convert", tmp_path / "m.onnx", "--no-such-flag")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert "No such option: --no-such-flag" in proc.stderr
+
+
+INTERRUPTED_INSIDE_CLASS_CREATION = """
+import os, signal
+import gdnc.cli as cli
+
+class Descriptor:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGINT)  # Python 3.11 re-raises the interrupt as RuntimeError
+
+def command(**_):
+    class Owner:
+        attribute = Descriptor()
+
+cli.app = command
+cli.main()
+"""
+
+
+def test_ctrl_c_re_raised_as_another_exception_is_still_interrupted() -> None:
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_INSIDE_CLASS_CREATION],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (130, -2) and proc.stderr.strip() == "interrupted", proc.stderr
+
+
 def test_ops_lists_the_runtime_coverage() -> None:
     proc = gdnc("ops", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -91,9 +91,9 @@ def main() -> None:
     else:
         raise SystemExit(f"slow_writer: unknown mode {mode!r}")
     sys.argv = ["gdnc", *args]
-    from gdnc.cli import main as gdnc_main
+    from gdnc.__main__ import run
 
-    gdnc_main()
+    run()
 
 
 if __name__ == "__main__":
