@@ -7,7 +7,8 @@ tokenizer is ``make_gguf_models.train_tokenizer()``. The trained weights are wri
 for architecture ``qwen35`` in llama.cpp's layout (the mapping of ``convert_hf_to_gguf.py``,
 see ``tests/fixtures/gguf/README.md``), as F16 and Q8_0:
 ``<out>/tiny-qwen35-f16.gguf`` and ``<out>/tiny-qwen35-q8_0.gguf``. ``<out>/tiny-qwen35/``
-gets the HF ``config.json`` and a training log (no weights).
+gets the HF checkpoint (``config.json``, ``model.safetensors`` in float16), the held-out text
+(``heldout.txt``) and a training log.
 
 Finally the F16 file is loaded in gdnc (fused and unfused graphs) and its logits are compared
 with the HF model's on held-out text. Usage:
@@ -17,6 +18,7 @@ with the HF model's on held-out text. Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import pydoc_data.topics
@@ -273,6 +275,12 @@ def verify(model, tok: tuple, held: np.ndarray, hf_tok: Tokenizer, out: Path) ->
     return res
 
 
+def save_checkpoint(model, folder: Path) -> None:
+    """The HF checkpoint (``config.json``, ``model.safetensors``), weights stored as float16 (the
+    F16 GGUF's values; half the bytes of float32)."""
+    copy.deepcopy(model).half().save_pretrained(str(folder))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="training budget (wall clock)")
@@ -306,8 +314,8 @@ def main() -> None:
     for path in paths:
         print(f"{path} {path.stat().st_size} bytes", flush=True)
     side = args.out / "tiny-qwen35"
-    side.mkdir(exist_ok=True)
-    cfg.to_json_file(str(side / "config.json"))
+    save_checkpoint(model, side)
+    (side / "heldout.txt").write_text("\n\n".join(pydoc_data.topics.topics[k] for k in held_keys) + "\n")
     info = {"parameters": n_params, "minutes": args.minutes, "seed": args.seed,
             "steps": log[-1]["step"] if log else 0, "batch": BATCH, "seq": SEQ,
             "held_out_topics": held_keys, "train_tokens": len(train_ids),
