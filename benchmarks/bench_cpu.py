@@ -28,27 +28,26 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from onnx import TensorProto
-from onnx import helper as oh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gdnc.atomic import write_text  # noqa: E402
+from gdnc.bench.options import GdnShape  # noqa: E402
+from gdnc.bench.peers import linear_attention_model, ort_session  # noqa: E402
+from gdnc.bench.timing import copy_bandwidth, time_calls  # noqa: E402
 from gdnc.ops import gated_delta_net  # noqa: E402
 from tests.models.zoo import export_hf  # noqa: E402
 
 THREADS = 2
 HV, K, V = 32, 128, 128
+SHAPE = GdnShape(HV, K, V)
 LLC_BYTES = 32 << 20  # the decode rotation keeps 3x this many state bytes in flight
 DECODE_BATCHES = (1, 2, 4, 8, 16, 32)
 PREFILL_LENGTHS = (16, 64, 256, 1024)
@@ -64,13 +63,8 @@ def measure(fns: dict[str, Timer], rounds: int, warmup: int = 3) -> dict[str, di
     one call on rotation slot i. Milliseconds."""
     out = {}
     for name, fn in fns.items():
-        times = []
-        for r in range(warmup + rounds):
-            t0 = time.perf_counter()
-            fn(r)
-            times.append((time.perf_counter() - t0) * 1e3)
-        times = times[warmup:]
-        out[name] = {"median_ms": statistics.median(times), "min_ms": min(times)}
+        t = time_calls(fn, rounds, warmup, sync=lambda: None)
+        out[name] = {"median_ms": t.median_s * 1e3, "min_ms": t.min_s * 1e3}
     return out
 
 
@@ -79,43 +73,6 @@ def matmul_gflops(rounds: int) -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     ms = measure({"mm": lambda i: torch.mm(a, b)}, rounds)["mm"]["median_ms"]
     return 2 * 1024**3 / ms / 1e6
-
-
-def copy_bandwidth(rounds: int) -> float:
-    """GB/s of a 256 MiB torch tensor copy, bytes read + written."""
-    src = torch.randn(64 << 20)
-    dst = torch.empty_like(src)
-    ms = measure({"copy": lambda i: dst.copy_(src)}, rounds)["copy"]["median_ms"]
-    return 2 * src.numel() * 4 / ms / 1e6
-
-
-def session(model: onnx.ModelProto | str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    data = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-
-
-def linear_attention_model(B: int, T: int) -> onnx.ModelProto:
-    """One com.microsoft::LinearAttention node: query/key/value [B, T, 32*128], past_state
-    [B, 32, 128, 128], decay (log) and beta [B, T, 32] -> output, present_state."""
-    f32 = TensorProto.FLOAT
-    shapes = {"query": [B, T, HV * K], "key": [B, T, HV * K], "value": [B, T, HV * V],
-              "past_state": [B, HV, K, V], "decay": [B, T, HV], "beta": [B, T, HV]}
-    node = oh.make_node("LinearAttention", list(shapes), ["output", "present_state"],
-                        domain="com.microsoft", q_num_heads=HV, kv_num_heads=HV,
-                        update_rule="gated_delta", scale=0.0)
-    graph = oh.make_graph(
-        [node], "linear_attention",
-        [oh.make_tensor_value_info(n, f32, s) for n, s in shapes.items()],
-        [oh.make_tensor_value_info("output", f32, [B, T, HV * V]),
-         oh.make_tensor_value_info("present_state", f32, [B, HV, K, V])])
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 21),
-                                                oh.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 10
-    return model
 
 
 class Problem:
@@ -177,8 +134,12 @@ class Problem:
 def unfused_session(B: int, T: int) -> tuple[ort.InferenceSession, list[str]]:
     zoo = export_hf(T=T, exporter="torchscript", l2norm=False, B=B, H=HV, K=K, V=V,
                     with_initial_state=True)
-    sess = session(zoo.path)
+    sess = ort_session(zoo.path, THREADS)
     return sess, [i.name for i in sess.get_inputs()]
+
+
+def la_session(B: int, T: int) -> ort.InferenceSession:
+    return ort_session(linear_attention_model(B, T, SHAPE), THREADS)
 
 
 LA_INPUTS = ["query", "key", "value", "decay", "beta", "past_state"]
@@ -192,7 +153,7 @@ def decode(rounds: int, batches: tuple[int, ...], bandwidth: float) -> list[dict
         prob = Problem(B, 1, copies)
         unfused, names = unfused_session(B, 1)
         fns = {"gdnc-rec": prob.gdnc("recurrent"),
-               "ort-la": prob.ort(session(linear_attention_model(B, 1)), LA_INPUTS, False),
+               "ort-la": prob.ort(la_session(B, 1), LA_INPUTS, False),
                "ort-unfused": prob.ort(unfused, names, True)}
         err = prob.agreement(fns["ort-la"], "recurrent")
         res = measure(fns, rounds)
@@ -211,7 +172,7 @@ def prefill(rounds: int, lengths: tuple[int, ...]) -> list[dict]:
     for T in lengths:
         prob = Problem(1, T, 1)
         fns = {"gdnc-rec": prob.gdnc("recurrent"), "gdnc-chunk": prob.gdnc("chunked"),
-               "ort-la": prob.ort(session(linear_attention_model(1, T)), LA_INPUTS, False)}
+               "ort-la": prob.ort(la_session(1, T), LA_INPUTS, False)}
         if T <= UNFUSED_MAX_T:
             unfused, names = unfused_session(1, T)
             fns["ort-unfused"] = prob.ort(unfused, names, True)
@@ -268,7 +229,7 @@ def main() -> None:
     ort.set_default_logger_severity(3)
     batches = (1, 8) if args.quick else DECODE_BATCHES
     lengths = (16, 256) if args.quick else PREFILL_LENGTHS
-    bandwidth = copy_bandwidth(args.rounds)
+    bandwidth = copy_bandwidth(torch.device("cpu"), args.rounds)
     print(f"copy bandwidth {bandwidth:.1f} GB/s", flush=True)
     results = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,

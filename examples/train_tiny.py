@@ -8,11 +8,12 @@ for architecture ``qwen35`` in llama.cpp's layout (the mapping of ``convert_hf_t
 see ``tests/fixtures/gguf/README.md``), as F16 and Q8_0:
 ``<out>/tiny-qwen35-f16.gguf`` and ``<out>/tiny-qwen35-q8_0.gguf``. ``<out>/tiny-qwen35/``
 gets the HF checkpoint (``config.json``, ``model.safetensors`` in float16), the held-out text
-(``heldout.txt``) and a training log.
+(``heldout.txt``) and a training log; ``<out>/tiny-qwen35-decode.onnx`` one decode step of that
+checkpoint as ONNX (``export_decode_onnx.py``).
 
 Finally the F16 file is loaded in gdnc (fused and unfused graphs) and its logits are compared
 with the HF model's on held-out text. Usage:
-``python examples/train_tiny.py [--minutes M] [--out DIR] [--seed S]``
+``python examples/train_tiny.py [--minutes M | --steps N] [--out DIR] [--seed S]``
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.export_decode_onnx import export_decode_step, load_checkpoint  # noqa: E402
 from examples.make_gguf_models import SPECIAL, metadata, train_tokenizer, write_gguf  # noqa: E402
 from gdnc.frontends.gguf_tokenizer import SPLIT_PATTERNS  # noqa: E402
 
@@ -140,8 +142,11 @@ def hf_logits(model):
     return fn
 
 
-def train(model, data: np.ndarray, minutes: float, seed: int, log_every: int = 25) -> list[dict]:
-    """AdamW, linear warm-up then cosine decay to 10% over the time budget (wall clock)."""
+def train(model, data: np.ndarray, minutes: float, seed: int, steps: int | None = None,
+          log_every: int = 25) -> list[dict]:
+    """AdamW, linear warm-up then cosine decay to 10% over ``steps`` optimizer steps (the same
+    model on every run with the same seed and threads) or, without ``steps``, over the time
+    budget (wall clock)."""
     g = torch.Generator().manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -152,7 +157,7 @@ def train(model, data: np.ndarray, minutes: float, seed: int, log_every: int = 2
     budget, t0, step, log, run = minutes * 60.0, time.monotonic(), 0, [], []
     model.train()
     while True:
-        frac = (time.monotonic() - t0) / budget
+        frac = step / steps if steps else (time.monotonic() - t0) / budget
         if frac >= 1.0:
             break
         lr = PEAK_LR * min(1.0, (step + 1) / WARMUP) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
@@ -284,6 +289,8 @@ def save_checkpoint(model, folder: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="training budget (wall clock)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train this many steps instead (reproducible; overrides --minutes)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -306,7 +313,7 @@ def main() -> None:
     model = Qwen3_5ForCausalLM(cfg).float()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params}", flush=True)
-    log = train(model, train_ids, args.minutes, args.seed)
+    log = train(model, train_ids, args.minutes, args.seed, args.steps)
     ppl = perplexity(hf_logits(model), held_ids)
     print(f"held-out perplexity (HF fp32): {ppl:.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +323,9 @@ def main() -> None:
     side = args.out / "tiny-qwen35"
     save_checkpoint(model, side)
     (side / "heldout.txt").write_text("\n\n".join(pydoc_data.topics.topics[k] for k in held_keys) + "\n")
-    info = {"parameters": n_params, "minutes": args.minutes, "seed": args.seed,
+    decode = export_decode_step(load_checkpoint(side), args.out / "tiny-qwen35-decode.onnx")
+    print(f"{decode} {decode.stat().st_size} bytes", flush=True)
+    info = {"parameters": n_params, "minutes": log[-1]["minutes"] if log else 0.0, "seed": args.seed,
             "steps": log[-1]["step"] if log else 0, "batch": BATCH, "seq": SEQ,
             "held_out_topics": held_keys, "train_tokens": len(train_ids),
             "held_out_tokens": len(held_ids), "ppl_heldout_hf_fp32": ppl, "log": log}

@@ -39,9 +39,9 @@ def check_target(path: str | Path) -> Path:
     its folder is missing. Cheap: call it before long work whose result goes to ``path``."""
     path = Path(path)
     if path.is_dir():
-        raise GdncError(f"cannot write {path}: it is a directory")
+        raise GdncError(f"cannot write {path}: it is a directory", fix="give a file name inside it")
     if not path.parent.is_dir():
-        raise GdncError(f"cannot write {path}: no folder {path.parent}")
+        raise GdncError(f"cannot write {path}: no folder {path.parent}", fix=f"mkdir -p {path.parent}")
     return path
 
 
@@ -53,7 +53,7 @@ def check_not_overwriting(output: str | Path, inputs: Iterable[str | Path], what
         return
     for path in inputs:
         if Path(path).exists() and os.path.samefile(output, path):
-            raise InputError(f"{output}: the output would overwrite {what}")
+            raise InputError(f"{output}: the output would overwrite {what}", fix="choose another output path")
 
 
 class Replacement:

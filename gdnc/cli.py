@@ -6,14 +6,14 @@ options without evaluating any source text at run time."""
 import json
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from gdnc import interrupt
+from gdnc import interrupt, progress
 from gdnc.errors import GdncError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -65,7 +65,7 @@ def convert(
         comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
         if report is not None:
             check_target(report)
-        with err.status("exporting", spinner="dots") if not quiet and not as_json else nullcontext():
+        with progress.bars(err, enabled=not quiet and not as_json):
             info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
         if report is not None:
             write_json(report, info)
@@ -79,7 +79,7 @@ def convert(
         return
     if unfused or lengths is not None:
         raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
-    with err.status("converting", spinner="dots") if not quiet and not as_json else nullcontext():
+    with progress.bars(err, enabled=not quiet and not as_json):
         rep = convert_file(model, output, target=target, report_path=report,
                            dump_after=_dump_after(dump_after, output.parent))
     if as_json:
@@ -95,31 +95,47 @@ def inspect(
     lengths: str | None = typer.Option(
         None, help='GGUF: token counts of the batch whose unfused graph is inspected (default "2,3")'),
     as_json: bool = typer.Option(False, "--json"),
+    draw: Path | None = typer.Option(None, "--draw", help="also draw one layer before/after (.svg, .png)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no report (with --draw: just the picture)"),
 ) -> None:
     """Op histogram, chains found, what would fuse and why not (a GGUF model: the unfused
     graph of one batch, whose per-sequence chains become one node per layer)."""
+    drawing = None
+    if draw is not None:  # checked before anything is loaded
+        from gdnc.drawing import InspectDrawing
+
+        drawing = InspectDrawing(draw, model.name)
     from gdnc.convert import inspect_model
     from gdnc.errors import InputError
     from gdnc.reporting import print_histogram, print_report
 
-    if model.suffix.lower() == ".gguf":
-        from gdnc.frontends.gguf_file import GgufFile
-        from gdnc.frontends.hybrid_graph import Composition, build_unfused
-        from gdnc.gguf_export import parse_lengths
+    with progress.bars(err, enabled=not (as_json or quiet)):
+        if model.suffix.lower() == ".gguf":
+            from gdnc.frontends.gguf_file import GgufFile
+            from gdnc.frontends.hybrid_graph import Composition, build_unfused
+            from gdnc.gguf_export import parse_lengths
 
-        graph = build_unfused(GgufFile(model), Composition(parse_lengths(lengths or "2,3")))
-    else:
-        from gdnc.frontends.onnx_model import load_onnx
+            graph = build_unfused(GgufFile(model), Composition(parse_lengths(lengths or "2,3")))
+        else:
+            from gdnc.frontends.onnx_model import load_onnx
 
-        if lengths is not None:
-            raise InputError("--lengths applies to GGUF models only")
-        graph = load_onnx(model)
-    rep = inspect_model(graph)
+            if lengths is not None:
+                raise InputError("--lengths applies to GGUF models only")
+            graph = load_onnx(model)
+        rep = inspect_model(graph, dump_after=None if drawing is None else drawing.capture)
+        drew = None if drawing is None else drawing.write(rep)
+    if quiet:
+        return
     if as_json:
-        out.print_json(json.dumps(rep.to_json()))
+        data = rep.to_json()
+        if drew:
+            data["drawing"] = str(draw)
+        out.print_json(json.dumps(data))
         return
     print_histogram(out, rep.ops_before, rep.ops_after)
     print_report(out, rep, title="would fuse")
+    if drew:
+        out.print(drew, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -138,7 +154,7 @@ def run(
     output: Path | None = typer.Option(None, "-o", "--output", help="ONNX: .npz file for the outputs"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="GGUF: only the generated text"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="GGUF: only the generated text; ONNX: nothing"),
 ) -> None:
     """Generate text from a GGUF model (several prompts decode together), or run an ONNX model."""
     from gdnc.errors import InputError
@@ -155,7 +171,7 @@ def run(
         return
     if inputs is None:
         raise InputError("an ONNX model needs --inputs X.npz (a GGUF model takes -p PROMPT)")
-    _run_onnx(model, inputs, output, device, as_json)
+    _run_onnx(model, inputs, output, device, as_json, quiet)
 
 
 def _fused_flag(value: str) -> bool:
@@ -166,7 +182,8 @@ def _fused_flag(value: str) -> bool:
     return value != "off"
 
 
-def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool) -> None:
+def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool,
+              quiet: bool) -> None:
     import numpy as np
 
     from gdnc.atomic import check_target
@@ -176,14 +193,15 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
     if output is not None:
         check_target(output)
     feeds = _load_npz(inputs)
-    results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
-    if output is not None:
-        _save_npz(output, results)
+    with progress.bars(err, enabled=not (as_json or quiet)):
+        results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
+        if output is not None:
+            _save_npz(output, results)
     summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                    "mean": float(np.mean(v)) if v.size else 0.0} for k, v in results.items()}
     if as_json:
         out.print_json(json.dumps(summary))
-    else:
+    elif not quiet:
         for name, info in summary.items():
             out.print(f"{name}: shape {info['shape']} {info['dtype']} mean {info['mean']:.6g}")
 
@@ -196,36 +214,74 @@ def compare(
     target: str = typer.Option("native"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="GGUF: cpu or cuda"),
+    eval_text: Path | None = typer.Option(
+        None, "--eval", help="GGUF: also the perplexity of this text file (e.g. held-out text)"),
+    window: int = typer.Option(128, help="GGUF --eval: tokens scored per window (each from an empty state)"),
+    max_tokens: int | None = typer.Option(None, help="GGUF --eval: score at most this many tokens"),
+    hf: Path | None = typer.Option(
+        None, "--hf", help="GGUF --eval: the HF checkpoint folder the model came from (needs transformers)"),
     as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no report: the exit code says it"),
 ) -> None:
     """ONNX: original in onnxruntime vs converted in gdnc and in onnxruntime. GGUF: fused vs
-    unfused graphs (max |Δlogit|, top-1 agreement, perplexity). Exit 1 on a mismatch."""
+    unfused graphs (max |Δlogit|, top-1 agreement, perplexity; --eval: of a text, --hf: and of
+    the HF model). Exit 1 on a mismatch."""
+    from gdnc.errors import InputError
     from gdnc.reporting import print_compare, print_gguf_compare
 
+    show = not (as_json or quiet)
     if model.suffix.lower() == ".gguf":
-        from gdnc.gguf_compare import compare_gguf
+        from gdnc.gguf_compare import TextEval, compare_gguf
 
-        with err.status("comparing fused vs unfused", spinner="dots") if not as_json else nullcontext():
-            gguf_result = compare_gguf(str(model), prompt or None, device)
+        if eval_text is None and (hf is not None or max_tokens is not None):
+            raise InputError("--hf and --max-tokens apply to --eval TEXT", fix="add --eval FILE.txt")
+        text = None if eval_text is None else TextEval(eval_text, window, max_tokens, hf)
+        with progress.bars(err, enabled=show):
+            gguf_result = compare_gguf(str(model), prompt or None, device, text)
         if as_json:
             out.print_json(json.dumps(gguf_result.to_json()))
-        else:
+        elif show:
             print_gguf_compare(out, gguf_result)
         if not gguf_result.passed:
             raise typer.Exit(1)
         return
+    if eval_text is not None or hf is not None or max_tokens is not None:
+        raise InputError("--eval, --hf and --max-tokens apply to GGUF models")
     from gdnc.compare import compare_file
 
-    with err.status("comparing", spinner="dots") if not as_json else nullcontext():
+    with progress.bars(err, enabled=show):
         result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
                               target=target, seed=seed)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
-    else:
+    elif show:
         out.print(f"{result.chains} chain(s) fused")
         print_compare(out, result)
     if not result.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="GGUF hybrid (qwen35, qwen35moe, qwen3next)"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    batches: str | None = typer.Option(None, help='decode batch sizes (default "1,2,4,8"; --quick "1,2")'),
+    lengths: str | None = typer.Option(None, help='prefill lengths (default "16,64,256"; --quick "16,64")'),
+    rounds: int | None = typer.Option(None, help="timed rounds per point (default 10; --quick 5)"),
+    shape: list[str] = typer.Option([], help="op level also at HV,K,V, e.g. 32,128,128 (repeatable)"),
+    threads: int | None = typer.Option(None, help="torch and onnxruntime threads (default: torch's)"),
+    quick: bool = typer.Option(False, "--quick", help="the small grid and few rounds (seconds)"),
+    plot: Path | None = typer.Option(None, help="write a figure of the results here (.png, .svg, .pdf)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
+) -> None:
+    """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
+    tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
+    from gdnc.bench.command import run_bench
+    from gdnc.bench.options import bench_options
+
+    opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
+    run_bench(model, opts, plot, as_json, quiet, out, err)
 
 
 @app.command()
@@ -256,6 +312,7 @@ def logits(
     fused_gdn: str = typer.Option("on", "--fused-gdn", help="on / auto: fused GatedDeltaNet, off: unfused"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     as_json: bool = typer.Option(False, "--json"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
     import numpy as np
@@ -269,15 +326,17 @@ def logits(
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]
     except ValueError as exc:
-        raise InputError(f"--tokens: {tokens!r} is not a list of integers") from exc
-    runner = HybridModel(str(model), fused=fused, device=device)
-    result = runner.logits(ids).float().cpu().numpy()
-    with open_replacing(output, "wb") as fh:
-        np.save(fh, result)
+        raise InputError(f"--tokens: {tokens!r} is not a list of integers",
+                         fix='give token ids, e.g. --tokens "1 2 3"') from exc
+    with progress.bars(err, enabled=not (quiet or as_json)):
+        runner = HybridModel(str(model), fused=fused, device=device)
+        result = runner.logits(ids).float().cpu().numpy()
+        with open_replacing(output, "wb") as fh:
+            np.save(fh, result)
     if as_json:
         out.print_json(json.dumps({"output": str(output), "shape": list(result.shape),
                                    "fused_gdn": fused_gdn, "argmax": result.argmax(-1).tolist()}))
-    else:
+    elif not quiet:
         out.print(f"wrote {output}: float32 {list(result.shape)} (fused GatedDeltaNet {fused_gdn})")
 
 
@@ -321,7 +380,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # typer returns exit codes here: 130 for Ctrl-C
     except GdncError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        fix = f" [bold]fix:[/] {escape(exc.fix)}" if exc.fix else ""
+        err.print(f"[red]error:[/] {escape(str(exc))}{fix}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +72,38 @@ def gdn_input_roles(model: Model) -> dict[str, str]:
     return roles
 
 
+_DIM_TOKEN = re.compile(r"\s*(\d{1,18}|[A-Za-z_][A-Za-z0-9_]*|[-+*])")
+
+
+def dim_size(dim: str, sizes: Mapping[str, int], default: int = 2) -> int | None:
+    """The size of a symbolic dim: a name (``sizes[name]``, else ``default``) or a sum of
+    products of names and integers, as exporters write ``past + 1`` or ``2*batch``; None for
+    anything else. Parsed by hand, never evaluated."""
+    total, sign, product, operand = 0, 1, 1, True
+    pos, end = 0, len(dim.rstrip())
+    while pos < end:
+        m = _DIM_TOKEN.match(dim, pos)
+        if m is None:
+            return None
+        tok, pos = m.group(1), m.end()
+        if operand and tok[0] not in "+-*":
+            product *= int(tok) if tok.isdigit() else sizes.get(tok, default)
+            operand = False
+        elif not operand and tok == "*":
+            operand = True
+        elif not operand and tok in ("+", "-"):
+            total, sign, product, operand = total + sign * product, 1 if tok == "+" else -1, 1, True
+        else:
+            return None
+    return None if operand else total + sign * product
+
+
 def random_inputs(
     model: Model, seed: int = 0, roles: dict[str, str] | None = None, dims: dict[str, int] | None = None
 ) -> dict[str, np.ndarray]:
     """Fresh random inputs for every graph input: log-gates <= 0 and betas in (0, 1) for the
-    inputs named in ``roles``. Symbolic dims take ``dims[name]`` (default 2)."""
+    inputs named in ``roles``. Symbolic dims take ``dims[name]`` (default 2); a dim written as
+    arithmetic over names (``past + 1``) is computed from them (see ``dim_size``)."""
     rng = np.random.default_rng(seed)
     roles = roles or {}
     g = model.graph
@@ -85,7 +114,11 @@ def random_inputs(
         spec = g.value(name)
         if spec.shape is None:
             raise InputError(f"input {name!r} has no known rank; pass --inputs")
-        shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 2) for d in spec.shape]
+        sized = [d if isinstance(d, int) else dim_size(str(d), dims or {}) for d in spec.shape]
+        shape = [d for d in sized if d is not None and d >= 0]
+        if len(shape) != len(sized):
+            raise InputError(f"input {name!r} has a dim in {spec.shape} that random inputs cannot "
+                             "size; pass --inputs")
         if math.prod(shape) > MAX_RANDOM_ELEMENTS:
             raise InputError(f"input {name!r} declares shape {shape} ({math.prod(shape)} elements, "
                              f"over {MAX_RANDOM_ELEMENTS} for random inputs); pass --inputs")

@@ -65,7 +65,10 @@ def convert_file(
     return report
 
 
-def inspect_model(model: Model) -> ConversionReport:
-    """What ``convert`` would do, on a copy (the model is left as it was)."""
-    return fuse_model(copy.deepcopy(model))
+def inspect_model(
+    model: Model, *, dump_after: Callable[[str, Model], None] | None = None
+) -> ConversionReport:
+    """What ``convert`` would do, on a copy (the model is left as it was); ``dump_after`` as
+    for ``fuse_model`` (it sees the copy)."""
+    return fuse_model(copy.deepcopy(model), dump_after=dump_after)
 

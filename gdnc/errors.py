@@ -12,7 +12,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 class GdncError(Exception):
-    """Base of every error gdnc reports to a user (one line, no traceback)."""
+    """Base of every error gdnc reports to a user (one line, no traceback); ``fix``: what the
+    user can do about it, when there is one thing to do (shown after the message)."""
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 class ModelLoadError(GdncError):

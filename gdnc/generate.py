@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console, Group
+from rich.columns import Columns
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
+from rich.progress_bar import ProgressBar
 from rich.text import Text
 
+from gdnc import progress
 from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.runtime.generation import Request, Scheduler, Sequence
@@ -83,32 +87,38 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     """Generate, streaming text to ``out`` (one sequence: token by token; several: a live panel
     per sequence on a terminal, else each as it finishes), then a tokens/s line on ``err``;
     ``as_json``: one JSON line per sequence and one with the timing."""
-    with err.status("loading and building graphs", spinner="dots") if not (quiet or as_json) \
-            else nullcontext():
+    with progress.bars(err, enabled=not (quiet or as_json)):
         sched, tokenizer, ids = _scheduler(path, opts)
     streams = [TextStream(tokenizer) for _ in ids]
     single = len(ids) == 1 and not as_json
+    count = Counter(done=0, total=opts.n_new * len(ids))
     live = None
     if not single and not as_json and out.is_terminal:  # every sequence streams in its panel
-        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet), console=out,
+        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet, count), console=out,
                     refresh_per_second=10, vertical_overflow="visible")
 
     def on_token(seq_id: int, token: int) -> None:
         piece = streams[seq_id].push(token)
+        count["done"] += 1
+        bar.advance()
         if single:
             sys.stdout.write(piece)
             sys.stdout.flush()
         elif live is not None:
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet))
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, count))
         elif not as_json and sched.sequences[seq_id].status != "running":
             _print_sequence(out, seq_id, opts.prompts[seq_id], streams[seq_id], quiet)
 
     if single and not quiet:
         sys.stdout.write(opts.prompts[0])
-    with live if live is not None else nullcontext():
+    # the bar: in the live view (a terminal), on stderr when sequences print as they finish,
+    # none when one sequence streams its text (the text is the progress)
+    with live if live is not None else nullcontext(), \
+            progress.bars(err, enabled=not (single or quiet or as_json or live is not None)):
+        bar = progress.task("generating", count["total"])
         sched.run(on_token)
         if live is not None:  # a failed sequence's panel shows why
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet))
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, count))
     failed = [s for s in sched.sequences if s.status == "failed"]
     if live is None and not single and not as_json:
         for seq in failed:
@@ -145,15 +155,20 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     return sched.sequences
 
 
-def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence], quiet: bool) -> Group:
-    """One panel per sequence: prompt (dim) and the text so far; the title says its state."""
-    panels = []
+def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence], quiet: bool,
+            count: Counter[str]) -> Group:
+    """One panel per sequence: prompt (dim) and the text so far; the title says its state; under
+    them a bar of the tokens generated (of at most ``count["total"]``)."""
+    panels: list[RenderableType] = []
     for seq, prompt, stream in zip(seqs, prompts, streams):
         text = Text(stream.tokenizer.decode(stream.ids, skip_special=True))
         if not quiet:
             text = Text.assemble((prompt, "dim"), text)
         state = seq.status if seq.finish_reason is None else f"{seq.status}: {seq.finish_reason}"
         panels.append(Panel(text, title=f"[{seq.id}] {state}", title_align="left"))
+    finished = all(s.status != "running" for s in seqs)  # EOS may end sequences early
+    bar = ProgressBar(total=count["total"], completed=count["total"] if finished else count["done"], width=40)
+    panels.append(Columns([bar, Text(f"{count['done']} tokens generated")]))
     return Group(*panels)
 
 

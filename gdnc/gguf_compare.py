@@ -2,18 +2,23 @@
 
 Per prompt: max |Δlogit| over all positions, top-1 agreement, and the perplexity of the
 prompt's own tokens under each graph (exp of the mean next-token NLL). The comparison passes
-when the top-1 token agrees at every position (SPEC §6).
+when the top-1 token agrees at every position (SPEC §6). With a text file (``TextEval``), its
+perplexity under both graphs, and under the HF checkpoint when given (``gdnc.heldout``): fused
+and unfused must agree to 4 significant digits, fused and HF within 1e-3.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
 from gdnc.runtime.hybrid_runner import Entry, HybridModel
 
 DEFAULT_PROMPTS = (
@@ -41,24 +46,36 @@ class GgufComparison:
     prompts: list[PromptDiff]
     fused_nodes: int | None
     unfused_nodes: int | None
+    heldout: HeldOut | None = None
 
     @property
     def passed(self) -> bool:
-        return all(p.top1_agreement == 1.0 and np.isfinite(p.max_abs_logit_diff) for p in self.prompts)
+        prompts = all(p.top1_agreement == 1.0 and np.isfinite(p.max_abs_logit_diff) for p in self.prompts)
+        return prompts and (self.heldout is None or self.heldout.passed)
 
     def to_json(self) -> dict:
         return {"model": self.model, "device": self.device, "passed": self.passed,
                 "fused_nodes": self.fused_nodes, "unfused_nodes": self.unfused_nodes,
-                "prompts": [asdict(p) for p in self.prompts]}
+                "prompts": [asdict(p) for p in self.prompts],
+                "heldout": None if self.heldout is None else self.heldout.to_json()}
+
+
+@dataclass(frozen=True)
+class TextEval:
+    """``gdnc compare --eval TEXT``: perplexity of a text file in windows of ``width`` tokens
+    (at most ``max_tokens`` scored), and of the HF checkpoint in ``hf`` when given."""
+
+    path: Path
+    width: int = 128
+    max_tokens: int | None = None
+    hf: Path | None = None
 
 
 def perplexity(logits: torch.Tensor, tokens: list[int]) -> float:
     """exp(mean NLL of tokens[1:] given the logits of the positions before them)."""
     if len(tokens) < 2:
         return float("nan")
-    logp = torch.log_softmax(logits[:-1].double(), dim=-1)
-    nll = -logp.gather(1, torch.tensor(tokens[1:]).view(-1, 1).to(logp.device)).mean()
-    return float(torch.exp(nll))
+    return math.exp(nll(logits[:-1], tuple(tokens[1:])) / (len(tokens) - 1))
 
 
 def _batch_logits(model: HybridModel, prompts: list[list[int]]) -> list[torch.Tensor]:
@@ -67,9 +84,17 @@ def _batch_logits(model: HybridModel, prompts: list[list[int]]) -> list[torch.Te
     return [t.float().cpu() for t in model.forward(pool, batch, all_logits=True)]
 
 
-def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu") -> GgufComparison:
-    """Run ``prompts`` (default: a small built-in set) through both graphs and compare."""
+def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu",
+                 text: TextEval | None = None) -> GgufComparison:
+    """Run ``prompts`` (default: a small built-in set) through both graphs and compare; with
+    ``text``, the perplexity of that text too (``gdnc.heldout``)."""
     texts = list(prompts or DEFAULT_PROMPTS)
+    content = None
+    if text is not None:
+        check_options(text.width, text.max_tokens)
+        content = read_text(text.path)
+        if text.hf is not None:
+            check_checkpoint(text.hf)
     fused = HybridModel(path, fused=True, device=device)
     tokenizer = GgufTokenizer.from_metadata(fused.file.metadata)
     ids = [tokenizer.encode(t) for t in texts]
@@ -84,5 +109,9 @@ def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu
                    perplexity(a, toks), perplexity(b, toks))
         for text, toks, a, b in zip(texts, ids, got, want)
     ]
-    return GgufComparison(path, device, rows, fused.stats.fused_nodes,
-                          next(iter(unfused.stats.unfused_nodes.values()), None))
+    unfused_nodes = next(iter(unfused.stats.unfused_nodes.values()), None)
+    heldout = None
+    if text is not None and content is not None:
+        heldout = evaluate(fused, unfused, tokenizer.encode(content), str(text.path), text.width,
+                           text.max_tokens, text.hf)
+    return GgufComparison(path, device, rows, fused.stats.fused_nodes, unfused_nodes, heldout)

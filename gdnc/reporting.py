@@ -7,6 +7,7 @@ from rich.table import Table
 
 from gdnc.compare import CompareResult
 from gdnc.gguf_compare import GgufComparison
+from gdnc.heldout import HeldOut
 from gdnc.passes.pipeline import ConversionReport
 
 
@@ -56,12 +57,34 @@ def print_gguf_compare(console: Console, result: GgufComparison) -> None:
     table = Table(title=f"fused vs unfused graphs of {result.model} ({result.device}); "
                         f"nodes {result.fused_nodes} vs {result.unfused_nodes}")
     for col in ("prompt", "tokens", "max |Δlogit|", "top-1 agree", "ppl fused", "ppl unfused"):
-        table.add_column(col, overflow="fold" if col == "prompt" else "ellipsis")
+        table.add_column(col, no_wrap=True, max_width=28 if col == "prompt" else None, overflow="ellipsis")
     for p in result.prompts:
         agree = f"{p.top1_agreement:.1%}"
         table.add_row(p.prompt[:40].replace("\n", " "), str(p.tokens), f"{p.max_abs_logit_diff:.2e}",
                       agree if p.top1_agreement == 1 else f"[red]{agree}[/]",
                       f"{p.perplexity_fused:.4f}", f"{p.perplexity_unfused:.4f}")
     console.print(table)
-    console.print("[green]pass[/]: top-1 identical everywhere" if result.passed
-                  else "[red]FAIL[/]: top-1 differs")
+    top1 = all(p.top1_agreement == 1 for p in result.prompts)
+    console.print("[green]pass[/]: top-1 identical everywhere" if top1 else "[red]FAIL[/]: top-1 differs")
+    if result.heldout is not None:
+        print_heldout(console, result.heldout)
+
+
+def print_heldout(console: Console, held: HeldOut) -> None:
+    """Perplexity per runner of the evaluated text, with the verdicts of ``HeldOut``."""
+    table = Table(title=f"perplexity of {held.text}: {held.tokens} tokens scored in {held.windows} "
+                        f"windows of {held.width}")
+    for col in ("runner", "perplexity", "Δ vs fused", "seconds"):
+        table.add_column(col)
+    names = {"fused": "gdnc fused graph", "unfused": "gdnc unfused graphs",
+             "hf": f"HF transformers ({held.hf})"}
+    base = held.perplexity["fused"]
+    for key, ppl in held.perplexity.items():
+        table.add_row(names[key], f"{ppl:.4f}", "" if key == "fused" else f"{ppl - base:+.2e}",
+                      f"{held.seconds[key]:.1f}")
+    console.print(table)
+    verdicts = [("fused = unfused to 4 digits", held.fused_matches_unfused)]
+    if held.hf_matches is not None:
+        verdicts.append(("fused = HF within 1e-3", held.hf_matches))
+    console.print("; ".join(f"[green]pass[/]: {text}" if ok else f"[red]FAIL[/]: not {text}"
+                            for text, ok in verdicts))

@@ -17,6 +17,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderField, ReaderTensor
 from gguf.quants import dequantize
 
+from gdnc import progress
 from gdnc.errors import ModelLoadError, first_line
 from gdnc.frontends.gguf_validate import validate_gguf
 
@@ -73,6 +74,10 @@ class GgufFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such file")
+        with progress.step(f"reading {self.path.name}"):
+            self._read()
+
+    def _read(self) -> None:
         validate_gguf(self.path)
         try:
             reader = _Reader(self.path)

@@ -80,8 +80,8 @@ def hybrid_config(f: GgufFile) -> HybridConfig:
     pools, KV caches, the vocabulary), before anything is sized from them."""
     arch = f.architecture
     if arch not in ARCHITECTURES:
-        raise ModelLoadError(f"{f.path}: architecture {arch!r} is not supported "
-                             f"(supported: {', '.join(ARCHITECTURES)})")
+        raise ModelLoadError(f"{f.path}: architecture {arch!r} is not supported",
+                             fix=f"gdnc runs {', '.join(ARCHITECTURES)} models")
 
     def count(key: str, default: object = ...) -> int:
         """Integer key ``arch.key`` in 1..LIMITS[key]."""

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gdnc import progress
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
@@ -315,7 +316,8 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
     x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), "tokens",
              axis=0)
     angles = _rope_angles(e, c) if not all(c.recurrent) else ("", "")
-    for i in range(c.n_layer):
+    for i in progress.track(range(c.n_layer), f"building graph: {len(comp.lengths)} sequence(s), "
+                                                 f"{comp.n_tokens} tokens"):
         e.prefix = f"l{i}_"
         h = e.rms_norm(x, w(f"blk.{i}.attn_norm.weight", c.n_embd), c.eps, f"blk.{i}.attn_norm")
         if c.recurrent[i]:

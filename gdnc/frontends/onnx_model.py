@@ -7,6 +7,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from gdnc import progress
 from gdnc.errors import GdncError, ModelLoadError, first_line
 from gdnc.frontends.onnx_checks import MAX_MODEL_BYTES, check_structure, check_types
 from gdnc.frontends.onnx_external import load_tensor_data
@@ -32,6 +33,11 @@ def load_onnx(path: str | Path) -> Model:
     (which need the small tensors).
     """
     path = Path(path)
+    with progress.step(f"reading {path.name}"):
+        return _load(path)
+
+
+def _load(path: Path) -> Model:
     try:
         proto = _parse(path)
         check_structure(proto)
@@ -40,7 +46,7 @@ def load_onnx(path: str | Path) -> Model:
         external = load_tensor_data(proto, path.parent.resolve())
         check_types(proto)
     except GdncError as exc:
-        raise type(exc)(f"{path}: {exc}") from None
+        raise type(exc)(f"{path}: {exc}", fix=exc.fix) from None
     model.external_data = bool(external)
     return model
 

@@ -12,6 +12,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import _get_all_tensors, set_external_data, uses_external_data
 
+from gdnc import progress
 from gdnc.atomic import Replacement
 from gdnc.errors import GdncError
 from gdnc.ir.graph import Attr, Graph, Model, Value
@@ -139,6 +140,12 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data
     if it is one of these (same folder, that naming) and not the new one.
     """
     path = Path(path)
+    with progress.step(f"writing {path.name}"):
+        _save(model, path, external_data)
+    return path
+
+
+def _save(model: Model | onnx.ModelProto, path: Path, external_data: bool | None) -> None:
     proto = model_to_proto(model) if isinstance(model, Model) else model
     if external_data is None:
         external_data = proto.ByteSize() > 1_500_000_000
@@ -157,7 +164,6 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data
             raise GdncError(f"cannot write {path}: {exc}") from exc
         with open(rep.temp(path), "wb") as fh:
             fh.write(serialized)
-    return path
 
 
 def external_data_files(path: str | Path) -> list[Path]:

@@ -30,11 +30,24 @@ def rank(g: Graph, value: str) -> int | None:
 
 
 def static_shape(g: Graph, value: str) -> tuple[int, ...] | None:
+    """The shape of ``value`` when every dim is a known int."""
+    shape = shape_of(g, value)
+    return None if shape is None or not all(isinstance(d, int) for d in shape) else shape
+
+
+def shape_of(g: Graph, value: str) -> tuple | None:
+    """The shape of ``value``, a constant's or the declared one (dims int, symbolic or None);
+    None when the rank is unknown."""
     const = g.const_value(value)
     if const is not None:
         return tuple(const.shape)
     val = g.values.get(value)
-    return None if val is None else val.static_shape
+    return None if val is None or val.shape is None else tuple(val.shape)
+
+
+def known_dim(shape: tuple | None, axis: int) -> int | None:
+    """``shape[axis]`` when it is a known int."""
+    return shape[axis] if shape is not None and isinstance(shape[axis], int) else None
 
 
 def scalar_const(g: Graph, value: str) -> float | None:

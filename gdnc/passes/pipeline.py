@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gdnc import progress
 from gdnc.ir.graph import Model
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
@@ -94,8 +95,11 @@ def fuse_model(
     start = time.perf_counter()
     g = model.graph
     report = ConversionReport(nodes_before=len(g), ops_before=g.op_histogram())
+    bar = progress.task("converting", total=len(STAGES))
     for name, stage in STAGES:
+        bar.describe(f"converting: {name}")
         stage(model, report)
+        bar.advance()
         if dump_after is not None:
             dump_after(name, model)
     g.check()

@@ -45,11 +45,12 @@ def runtime_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
+        raise InputError(f"device {name!r} is not a device name",
+                         fix="use --device cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r}: no CUDA device on this machine")
+        raise InputError(f"device {name!r}: no CUDA device on this machine", fix="use --device cpu")
     if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device {name!r}: gdnc runs on cpu or cuda")
+        raise InputError(f"device {name!r}: gdnc runs on cpu or cuda", fix="use --device cpu or cuda")
     return device
 
 

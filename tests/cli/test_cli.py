@@ -57,6 +57,29 @@ def test_run_and_compare(unfused, tmp_path) -> None:
     assert all(o["rel_l2"] <= 1e-5 for o in data["outputs"])
 
 
+def test_random_inputs_size_dims_written_as_arithmetic() -> None:
+    """A KV-cache export declares its mask ``[batch, past + 1]`` beside keys ``[batch, past]``."""
+    from onnx import TensorProto, helper
+
+    from gdnc.compare import dim_size, random_inputs
+    from gdnc.errors import InputError
+    from gdnc.frontends.onnx_model import model_from_proto
+
+    def model(*dims: list) -> object:
+        ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, d) for i, d in enumerate(dims)]
+        outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, d) for i, d in enumerate(dims)]
+        nodes = [helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(len(dims))]
+        return model_from_proto(helper.make_model(helper.make_graph(nodes, "g", ins, outs)))
+
+    feeds = random_inputs(model(["batch", "past + 1"], ["batch", "past"], ["2*batch", 3]), dims={"past": 5})
+    assert [f.shape for f in feeds.values()] == [(2, 6), (2, 5), (4, 3)]
+    assert dim_size("2 * past + 1 - batch", {"past": 5, "batch": 3}) == 8
+    for unsized in ("Max(past, 1)", "past +", "past 2", "9" * 400, "past**2"):
+        assert dim_size(unsized, {"past": 5}) is None
+    with pytest.raises(InputError, match="cannot size"):
+        random_inputs(model(["batch", "Max(past, 1)"]))
+
+
 def test_inspect_shows_what_would_fuse(unfused) -> None:
     path, _ = unfused
     proc = gdnc("inspect", path)

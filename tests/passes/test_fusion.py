@@ -182,8 +182,10 @@ def test_many_layers_each_fuse() -> None:
 @pytest.mark.parametrize("head_map", ["interleave", "tile"])
 @pytest.mark.parametrize("layout", ["kv", "vk"])
 @pytest.mark.parametrize("kda", [False, True], ids=["gda", "kda"])
-def test_ort_target_on_hand_built_nodes(head_map: str, layout: str, kda: bool) -> None:
-    """Head maps, layouts and gates the HF exports never use, against the node's own kernel."""
+@pytest.mark.parametrize("batch_dim", [None, "batch"], ids=["static", "symbolic-batch"])
+def test_ort_target_on_hand_built_nodes(head_map: str, layout: str, kda: bool, batch_dim: str | None) -> None:
+    """Head maps, layouts and gates the HF exports never use, against the node's own kernel;
+    declared with a static batch or a symbolic one (a dynamic-batch export)."""
     import torch
 
     from gdnc.fused_op import GdnAttrs
@@ -201,14 +203,12 @@ def test_ort_target_on_hand_built_nodes(head_map: str, layout: str, kda: bool) -
     feeds["b"] = 1 / (1 + np.exp(-feeds["b"]))
     attrs = GdnAttrs(scale=0.4, qk_l2norm=True, head_map=head_map, state_layout=layout)
     g = Graph()
-    for name, shape in shapes.items():
-        g.inputs.append(name)
-        g.value(name).shape, g.value(name).dtype = shape, 1
+    for name, shape in (*shapes.items(), ("o", (B, T, HV, V)), ("final", shapes["s"])):
+        g.value(name).shape, g.value(name).dtype = (batch_dim or B, *shape[1:]), 1
+    g.inputs = list(shapes)
     g.add_node(Node(fused_op.OP_TYPE, ["q", "k", "v", "g", "b", "s"], ["o", "final"],
                     domain=fused_op.DOMAIN, attrs=make_attrs(**attrs.to_onnx()), name="gdn"))
     g.outputs = ["o", "final"]
-    for name, shape in (("o", (B, T, HV, V)), ("final", shapes["s"])):
-        g.value(name).shape, g.value(name).dtype = shape, 1
     model = Model(g, opset_imports={"": 18, fused_op.DOMAIN: 1}, ir_version=10)
     expected = run_fused_node([torch.from_numpy(feeds[n]) for n in shapes], attrs, 2)
     assert lower_to_linear_attention(model) == 1

@@ -369,6 +369,11 @@ NN = [
             ((f32(3, 4), f32(4, 5)), "ij, jk", "implicit"),
         ]
     ),
+    case("Conv", f32(2, 6, 9), f32(6, 1, 4), group=6, pads=[3, 0], label="1d-depthwise-causal"),
+    case("Conv", f32(2, 6, 9), f32(4, 3, 3), f32(4), group=2, strides=[2], dilations=[2], label="1d-grouped"),
+    case("Conv", f32(1, 3, 7, 6), f32(5, 3, 3, 2), f32(5), pads=[1, 0, 2, 1], strides=[2, 1],
+         label="2d-pads"),
+    case("Conv", f32(1, 2, 4, 5, 3), f32(3, 2, 2, 2, 2), auto_pad="VALID", label="3d-valid"),
     *(
         c
         for op in ("Softmax", "LogSoftmax")
@@ -505,6 +510,12 @@ def test_dropout_training_mode_is_refused() -> None:
     x, ratio, training = torch.ones(3), torch.tensor(0.5), torch.tensor(True)
     with pytest.raises(UnsupportedOpError, match="training_mode"):
         lookup("", "Dropout", 13)(ctx, [x, ratio, training])
+
+
+def test_conv_same_padding_is_refused() -> None:
+    ctx = OpContext(op_type="Conv", domain="", attrs={"auto_pad": "SAME_UPPER"}, opset=11, num_outputs=1)
+    with pytest.raises(UnsupportedOpError, match="SAME_UPPER"):
+        lookup("", "Conv", 11)(ctx, [torch.ones(1, 2, 5), torch.ones(2, 2, 3)])
 
 
 def test_unknown_op_raises() -> None:

@@ -18,7 +18,7 @@ from gdnc.ir.graph import Graph, Model, Node, make_attrs
 from gdnc.passes.delta_net.chains import Chain, find_chains
 from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
 from gdnc.passes.delta_net.steps import Step
-from gdnc.passes.patterns import is_zero_const, static_shape
+from gdnc.passes.patterns import is_zero_const, known_dim, shape_of
 from gdnc.passes.rewrite import Miss
 
 
@@ -50,7 +50,7 @@ def _unsqueeze(g: Graph, value: str, axis: int, opset: int, position: float) -> 
         g.add_node(Node("Unsqueeze", [value, axes], [out]), position)
     else:
         g.add_node(Node("Unsqueeze", [value], [out], attrs=make_attrs(axes=[axis])), position)
-    shape = static_shape(g, value)
+    shape = shape_of(g, value)
     g.value(out).dtype = g.value(value).dtype
     if shape is not None:
         g.value(out).shape = shape[:axis] + (1,) + shape[axis:]
@@ -62,7 +62,7 @@ def _stack(g: Graph, values: list[str], axis: int, opset: int, position: float, 
     out = g.fresh_name(hint)
     g.add_node(Node("Concat", parts, [out], attrs=make_attrs(axis=axis)), position)
     g.value(out).dtype = g.value(values[0]).dtype
-    shape = static_shape(g, parts[0])
+    shape = shape_of(g, parts[0])
     if shape is not None:
         g.value(out).shape = shape[:axis] + (len(parts),) + shape[axis + 1:]
     return out
@@ -109,7 +109,7 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
         g.add_node(Node("Squeeze", [final, *squeeze_axes], [last.new],
                         attrs={} if opset >= 13 else make_attrs(axes=[0])), position)
     g.value(last.new).dtype, g.value(last.new).shape = state_meta
-    v_shape = static_shape(g, v)
+    v_shape = shape_of(g, v)
     g.value(o_full).dtype = g.value(v).dtype
     g.value(o_full).shape = v_shape
     for t, (o_t, (dtype, shape)) in enumerate(zip(o_values, o_meta)):
@@ -120,13 +120,13 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
 
 
 def _info(g: Graph, node: Node, steps: int, first: Step, sequences: int) -> ChainInfo:
-    q_shape, v_shape = static_shape(g, node.inputs[0]), static_shape(g, node.inputs[2])
+    q_shape, v_shape = shape_of(g, node.inputs[0]), shape_of(g, node.inputs[2])
     return ChainInfo(
         node=node.name,
         steps=steps,
-        heads=None if v_shape is None else v_shape[-2],
-        key_dim=None if q_shape is None else q_shape[-1],
-        value_dim=None if v_shape is None else v_shape[-1],
+        heads=known_dim(v_shape, -2),
+        key_dim=known_dim(q_shape, -1),
+        value_dim=known_dim(v_shape, -1),
         layout=first.layout,
         gate=("per-key" if first.per_key else "per-head") + ("" if first.gate_is_log else ", direct"),
         initial_state=len(node.inputs) > 5 and bool(node.inputs[5]),

@@ -8,8 +8,9 @@ is; a "tile" map gathers q and k up to HV heads first. q and k are l2-normalised
 ``qk_l2norm`` is set; a value-major state is transposed in and out.
 
 What it cannot express (EmitError names the node): packed multi-sequence input
-(``cu_seqlens``), a state pool with slot indices, per-token states, and unknown static sizes.
-A packed single sequence is lowered as a batch of one.
+(``cu_seqlens``), a state pool with slot indices, per-token states, and head counts or head
+dims that are not known ints (batch and time may be symbolic). A packed single sequence is
+lowered as a batch of one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gdnc import fused_op
 from gdnc.errors import EmitError
 from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
-from gdnc.passes.patterns import static_shape
+from gdnc.passes.patterns import known_dim, shape_of
 
 ORT_DOMAIN = "com.microsoft"
 L2NORM_EPS = 1e-6
@@ -46,6 +47,14 @@ def _refuse(node: Node, why: str) -> EmitError:
     return EmitError(f"node {node.name or node.op_type}: the ort target cannot express {why}")
 
 
+def _heads_known(g: Graph, value: str) -> tuple | None:
+    """The shape of ``value`` when its last two dims (heads, head dim) are known ints."""
+    shape = shape_of(g, value)
+    if shape is None or len(shape) < 3 or known_dim(shape, -2) is None or known_dim(shape, -1) is None:
+        return None
+    return shape
+
+
 def _lower(g: Graph, nid: int) -> None:
     node = g.node(nid)
     inputs = node.inputs + [""] * (len(fused_op.INPUTS) - len(node.inputs))
@@ -57,9 +66,9 @@ def _lower(g: Graph, nid: int) -> None:
     if len(node.outputs) > 2 and node.outputs[2]:
         raise _refuse(node, "per-token states")
     attrs = GdnAttrs.from_onnx({name: node.attr(name) for name in node.attrs})
-    q_shape, v_shape = static_shape(g, q), static_shape(g, v)
+    q_shape, v_shape = _heads_known(g, q), _heads_known(g, v)
     if q_shape is None or v_shape is None:
-        raise _refuse(node, "inputs of unknown static shape")
+        raise _refuse(node, "inputs of unknown head counts or head dims")
     packed = len(q_shape) == 3
     H, K = q_shape[-2:]
     HV, V = v_shape[-2:]

@@ -1,4 +1,4 @@
-"""Neural-network ops: MatMul, Gemm, Einsum, (Log)Softmax, normalizations, Gelu."""
+"""Neural-network ops: MatMul, Gemm, Einsum, Conv, (Log)Softmax, normalizations, Gelu."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gdnc.errors import UnsupportedOpError
 from gdnc.runtime.onnx_ops.dtypes import torch_dtype
 from gdnc.runtime.onnx_ops.shape_ops import norm_axis, optional_input
 from gdnc.runtime.registry import OpContext, OpImpl, register
@@ -49,6 +50,26 @@ def _gemm(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 @register("Einsum", since=12)
 def _einsum(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [torch.einsum(ctx.attr("equation").replace(" ", ""), *inputs)]
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@register("Conv", since=1)
+def _conv(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+    """X [N, C, *spatial] (1 to 3 spatial dims) with W [M, C / group, *kernel], optional B [M];
+    ``pads`` (all begins, then all ends) explicit or ``auto_pad`` VALID; SAME_* is refused."""
+    x, w, b = inputs[0], inputs[1], optional_input(inputs, 2)
+    nd = x.dim() - 2
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if nd not in _CONV or auto_pad not in ("NOTSET", "VALID"):
+        raise UnsupportedOpError(f"Conv with {nd} spatial dims and auto_pad {auto_pad} is not supported")
+    pads = ctx.attr("pads", None) if auto_pad == "NOTSET" else None
+    if pads and any(pads):  # F.pad lists (begin, end) pairs from the last dim backwards
+        x = F.pad(x, [p for i in reversed(range(nd)) for p in (pads[i], pads[i + nd])])
+    conv = _CONV[nd]
+    return [conv(x, w, b, stride=ctx.attr("strides", 1), dilation=ctx.attr("dilations", 1),
+                 groups=ctx.attr("group", 1))]
 
 
 def _softmax_impl(fn: Callable[..., torch.Tensor]) -> OpImpl:
