@@ -1,4 +1,4 @@
-"""GatedDeltaNet lowering: argument checks and the fp64 reference (kernels come later)."""
+"""GatedDeltaNet lowering: argument checks, the fp64 reference, the CPU and Triton kernels (modules)."""
 
 from __future__ import annotations
 
