@@ -46,7 +46,8 @@ def bars(console: Console, enabled: bool = True) -> Iterator[Progress | None]:
 
 
 class Task:
-    """One bar: ``advance(n)`` as work is done; ``describe(text)`` for the stage now running."""
+    """One bar: ``advance(n)`` as work is done; ``describe(text)`` for the stage now running.
+    A bar whose total is reached goes away (finished steps do not pile up under a long task)."""
 
     def __init__(self, prog: Progress | None, description: str, total: int | None) -> None:
         self._prog = prog
@@ -55,6 +56,9 @@ class Task:
     def advance(self, n: int = 1) -> None:
         if self._prog is not None and self._id is not None:
             self._prog.advance(self._id, n)
+            if next(t for t in self._prog.tasks if t.id == self._id).finished:
+                self._prog.remove_task(self._id)
+                self._id = None
 
     def describe(self, description: str) -> None:
         if self._prog is not None and self._id is not None:

@@ -56,8 +56,9 @@ def print_compare(console: Console, result: CompareResult) -> None:
 def print_gguf_compare(console: Console, result: GgufComparison) -> None:
     table = Table(title=f"fused vs unfused graphs of {result.model} ({result.device}); "
                         f"nodes {result.fused_nodes} vs {result.unfused_nodes}")
-    for col in ("prompt", "tokens", "max |Δlogit|", "top-1 agree", "ppl fused", "ppl unfused"):
-        table.add_column(col, no_wrap=True, max_width=28 if col == "prompt" else None, overflow="ellipsis")
+    table.add_column("prompt", no_wrap=True, max_width=16, overflow="ellipsis")
+    for col in ("tokens", "max |Δlogit|", "top-1", "ppl fused", "ppl unfused"):
+        table.add_column(col, justify="right", no_wrap=True)
     for p in result.prompts:
         agree = f"{p.top1_agreement:.1%}"
         table.add_row(p.prompt[:40].replace("\n", " "), str(p.tokens), f"{p.max_abs_logit_diff:.2e}",

@@ -95,7 +95,7 @@ def test_bars_show_loading_and_converting_on_a_terminal() -> None:
         fuse_model(model)
     shown = console.file.getvalue()
     for text in ("reading tiny-qwen35-f16.gguf", "building graph: 2 sequence(s), 3 tokens",
-                 "converting: ", "6/6"):  # the stage shown is the one running at a refresh
+                 "converting"):  # each bar is drawn when it starts, later stages at refreshes
         assert text in shown
 
 

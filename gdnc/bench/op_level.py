@@ -1,0 +1,92 @@
+"""Op level: the GatedDeltaNet op at a GdnShape, decode (B sequences of one token, the states
+rotated over pools that overflow the cache; state bytes read + written per second) and prefill
+(one sequence of L tokens; tokens per second).
+
+Competitors, each timed in its own block (warm-up, then the rounds): ``fused``, gdnc's kernel
+through the public ``gdnc.ops.gated_delta_net`` (cpu backend, or triton on CUDA; algorithm
+auto; output into a preallocated buffer); ``unfused``, the per-token chain of the unfused graph
+run by gdnc's executor; and the peers where installed (``peers``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from gdnc.bench import peers
+from gdnc.bench.op_inputs import OpInputs, rotation_copies
+from gdnc.bench.options import GdnShape
+from gdnc.bench.plan import WARMUP, Context, Job
+from gdnc.bench.results import FUSED, UNFUSED, Measure, Suite
+from gdnc.bench.timing import cache_bytes, time_calls
+from gdnc.bench.unfused_chain import UnfusedChain
+from gdnc.errors import first_line
+from gdnc.frontends.hybrid_config import HybridConfig
+from gdnc.ops import gated_delta_net
+
+Call = Callable[[int], object]
+Factory = Callable[[OpInputs], Call]
+
+
+def fused_call(x: OpInputs) -> Call:
+    backend = "triton" if x.device.type == "cuda" else "cpu"
+
+    def run(i: int) -> None:
+        gated_delta_net(*x.packed, x.pools[i % x.copies], x.cu_seqlens, scale=1.0, backend=backend, out=x.o)
+    return run
+
+
+def competitors(cfg: HybridConfig, device: torch.device) -> dict[str, tuple[Factory, str | None]]:
+    """name -> (call factory, why it cannot run here or None)."""
+    threads = torch.get_num_threads()
+    return {FUSED: (fused_call, None), UNFUSED: (partial(UnfusedChain, cfg), None),
+            peers.ORT_LA: (partial(peers.OrtLinearAttention, threads=threads), peers.ort_unavailable(device)),
+            peers.FLA: (peers.FlaGatedDeltaRule, peers.fla_unavailable(device))}
+
+
+def op_measure(ctx: Context, make: Factory, shape: GdnShape, batch: int,
+               tokens: int, copies: int) -> Measure:
+    x = OpInputs(shape, batch, tokens, copies, ctx.device)
+    decode = tokens == 1
+    with torch.inference_mode():  # the executor's pools are inference tensors
+        timing = time_calls(make(x), ctx.opts.rounds, WARMUP + (copies if decode else 0), ctx.sync)
+    return Measure.of(timing, batch * tokens, 2 * batch * shape.state_bytes if decode else None,
+                      ctx.copy_gbps)
+
+
+def peer_measure(suite: Suite, name: str, measure: Callable[[], Measure | None]) -> Measure | None:
+    """``measure()``, or None with the reason in ``suite.skipped`` when the peer fails."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - a broken peer is reported, it does not stop the run
+        suite.skipped[name] = f"failed: {first_line(exc)}"
+        return None
+
+
+def op_plan(cfg: HybridConfig, shapes: tuple[GdnShape, ...], ctx: Context) -> tuple[list[Suite], list[Job]]:
+    """Suites op_decode (x: batch) and op_prefill (x: length) per shape; one job per competitor
+    and point."""
+    cache = cache_bytes(ctx.device)
+    suites, jobs = [], []
+    for shape in shapes:
+        decode = Suite("op_decode", f"Op decode (T = 1), HVxKxV {shape.label}", "batch", ctx.opts.batches,
+                       shape)
+        prefill = Suite("op_prefill", f"Op prefill: one sequence of L tokens, HVxKxV {shape.label}",
+                        "length", ctx.opts.lengths, shape)
+        suites += [decode, prefill]
+        for name, (make, unavailable) in competitors(cfg, ctx.device).items():
+            for suite in (decode, prefill):
+                if unavailable is not None:
+                    suite.skipped[name] = unavailable
+                    continue
+                for point in suite.xs:
+                    batch, tokens = (point, 1) if suite is decode else (1, point)
+                    copies = rotation_copies(shape, batch, cache) if suite is decode else 1
+                    measure: Callable[[], Measure | None] = partial(op_measure, ctx, make, shape, batch,
+                                                                    tokens, copies)
+                    if name not in (FUSED, UNFUSED):
+                        measure = partial(peer_measure, suite, name, measure)
+                    where = f"decode B={point}" if suite is decode else f"prefill L={point}"
+                    jobs.append(Job(f"op {where}, {name}, {shape.label}", suite, point, name, measure))
+    return suites, jobs

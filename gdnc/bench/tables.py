@@ -1,0 +1,65 @@
+"""Rich tables of a ``BenchResult``: a header naming model, device, threads and load, then one
+table per suite, a row per point and competitor (time, throughput, fused's speedup over it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gdnc.bench.results import FUSED, BenchResult, Measure, Suite
+
+
+def number(v: float) -> str:
+    """Three significant digits, thousands separated, no exponent."""
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+Column = tuple[str, Callable[[Measure], str]]
+TIME: Column = ("ms", lambda m: number(m.median_ms))
+TOKENS: Column = ("tok/s", lambda m: number(m.tok_s))
+COLUMNS: dict[str, list[Column]] = {
+    "model_decode": [("ms/step", TIME[1]), TOKENS],
+    "model_prefill": [TIME, TOKENS],
+    "op_decode": [TIME, ("state GB/s", lambda m: number(m.gbps or 0.0)),
+                  ("% copy bw", lambda m: f"{m.pct_copy_bw or 0.0:.1f}")],
+    "op_prefill": [TIME, TOKENS],
+}
+
+
+def header(result: BenchResult) -> str:
+    d = result.device
+    parts = [f"[bold]gdnc bench[/] {Path(result.model).name} ({result.arch}) on {d['name']} ({d['kind']}, "
+             f"{d['threads']} torch threads, torch {d['torch']})",
+             f"copy bandwidth {number(result.copy_bandwidth_gbps)} GB/s",
+             "wall time per call" + (", synchronized" if d["kind"] == "cuda" else "")
+             + f", median of {result.rounds} rounds after warm-up", f"{result.wall_s:.1f} s"]
+    if result.load:
+        parts.append("load average " + " / ".join(f"{x:.1f}" for x in result.load) + " at start / end")
+    return "; ".join(parts)
+
+
+def suite_table(suite: Suite) -> Table:
+    """Rows grouped by point; the last column is fused throughput / this competitor's."""
+    caption = "; ".join(f"{n}: {why}" for n, why in suite.skipped.items())
+    table = Table(title=suite.title, caption=caption or None, title_justify="left")
+    table.add_column(suite.x_name, justify="right")
+    table.add_column("competitor")
+    for head, _ in COLUMNS[suite.key]:
+        table.add_column(head, justify="right")
+    table.add_column("fused speedup", justify="right")
+    for row in suite.rows:
+        speedups = row.speedups()
+        for j, (name, m) in enumerate(row.results.items()):
+            cells = [str(row.x) if j == 0 else "", name, *(cell(m) for _, cell in COLUMNS[suite.key])]
+            cells.append("" if name == FUSED else f"{speedups[name]:.2f}x" if name in speedups else "-")
+            table.add_row(*cells, end_section=j == len(row.results) - 1)
+    return table
+
+
+def print_tables(console: Console, result: BenchResult) -> None:
+    console.print(header(result), highlight=False)
+    for suite in result.suites:
+        console.print(suite_table(suite))
