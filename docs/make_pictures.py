@@ -25,8 +25,7 @@ SCREENSHOTS = {
     "run": ["run", GGUF, "-p", "The for statement", "-p", "A class definition", "-p", "The import statement",
             "-n", "40"],
     "convert": ["convert", DECODE, "-o", "out/tiny-qwen35-decode-fused.onnx"],
-    "compare": ["compare", GGUF, "--eval", "examples/tiny-qwen35/heldout.txt", "--max-tokens", "2048",
-                "--hf", "examples/tiny-qwen35"],
+    "compare": ["compare", GGUF, "--eval", "examples/tiny-qwen35/heldout.txt", "--hf", "examples/tiny-qwen35"],
 }
 
 

@@ -30,9 +30,9 @@ _active: ContextVar[Progress | None] = ContextVar("gdnc_progress", default=None)
 
 @contextmanager
 def bars(console: Console, enabled: bool = True) -> Iterator[Progress | None]:
-    """Show the tasks the block starts as bars on ``console`` (nothing when not ``enabled``);
-    the Progress, to put in a Live display of one's own."""
-    if not enabled:
+    """Show the tasks the block starts as bars on ``console`` (nothing when not ``enabled`` or
+    when ``console`` is not a terminal: logs and pipes get no bars)."""
+    if not (enabled and console.is_terminal):
         yield None
         return
     prog = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

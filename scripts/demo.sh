@@ -17,7 +17,7 @@ echo "== convert: the GGUF model as one fused ONNX graph, and the exported ONNX 
 $GDNC convert "$MODEL" -o out/tiny-qwen35-fused.onnx
 $GDNC convert "$DECODE" -o out/tiny-qwen35-decode-fused.onnx --report out/report.json
 echo "== compare: fused vs unfused graphs, held-out perplexity (and the HF model it came from)"
-$GDNC compare "$MODEL" --eval examples/tiny-qwen35/heldout.txt --max-tokens 2048 --hf examples/tiny-qwen35
+$GDNC compare "$MODEL" --eval examples/tiny-qwen35/heldout.txt --hf examples/tiny-qwen35
 echo "== compare: the ONNX decode step in onnxruntime vs converted in gdnc"
 $GDNC compare "$DECODE"
 echo "== draw: one layer before and after the rewrite -> out/before_after.svg"
