@@ -84,7 +84,9 @@ def print_heldout(console: Console, held: HeldOut) -> None:
         table.add_row(names[key], f"{ppl:.4f}", "" if key == "fused" else f"{ppl - base:+.2e}",
                       f"{held.seconds[key]:.1f}")
     console.print(table)
-    verdicts = [("fused = unfused to 4 digits", held.fused_matches_unfused)]
+    same = ("to 4 digits" if held.device == "cpu"
+            else f"within {held.fused_tolerance:.0e} (tf32 dots on {held.device})")
+    verdicts = [(f"fused = unfused {same}", held.fused_matches_unfused)]
     if held.hf_matches is not None:
         verdicts.append(("fused = HF within 1e-3", held.hf_matches))
     console.print("; ".join(f"[green]pass[/]: {text}" if ok else f"[red]FAIL[/]: not {text}"

@@ -95,3 +95,15 @@ def test_bad_eval_options_are_one_line(args, needle) -> None:
     proc = gdnc("compare", MODEL, *args)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(("device", "unfused", "passed"), [
+    ("cpu", 80.7949, True), ("cpu", 80.80, False),  # 4 significant digits on CPU
+    ("cuda", 80.7574 * (1 + 4.6e-4), True), ("cuda", 80.7574 * (1 + 2e-3), False),  # tf32 on CUDA (H200)
+])
+def test_fused_unfused_tolerance_by_device(device, unfused, passed) -> None:
+    from gdnc.heldout import HeldOut
+
+    held = HeldOut("t.txt", 100, 1, 128, {"fused": 80.7949 if device == "cpu" else 80.7574,
+                                         "unfused": unfused}, device=device)
+    assert held.fused_matches_unfused is passed and held.hf_matches is None
