@@ -7,15 +7,15 @@ from gdnc import interrupt
 
 def run() -> None:
     """Import the CLI and run it; an interrupt during the (long) imports is one line too."""
-    interrupt.install()
-    try:
-        from gdnc.cli import main
-    except BaseException as exc:
-        if not interrupt.received():
-            raise
-        sys.stderr.write("interrupted\n")
-        raise SystemExit(130) from exc
-    main()
+    with interrupt.recording():
+        try:
+            from gdnc.cli import main
+        except BaseException as exc:
+            if not interrupt.received():
+                raise
+            sys.stderr.write("interrupted\n")
+            raise SystemExit(130) from exc
+        main()
 
 
 if __name__ == "__main__":

@@ -376,7 +376,11 @@ def _usage_errors() -> tuple[type, ...]:
 
 def main() -> None:
     """Console entry point: one red line and exit code 1 for any gdnc error."""
-    interrupt.install()
+    with interrupt.recording():
+        _main()
+
+
+def _main() -> None:
     try:
         code = app(standalone_mode=False)  # typer returns exit codes here: 130 for Ctrl-C
     except GdncError as exc:

@@ -171,3 +171,14 @@ def test_logits_errors_are_one_line_and_write_nothing(tmp_path) -> None:
     ]:
         _one_line_error(gdnc("logits", *args, "-o", out), needle)
         assert not out.exists() and not list(tmp_path.glob(".l.npy*"))
+
+
+def test_the_cli_puts_the_sigint_handler_back(monkeypatch) -> None:
+    import signal
+
+    import gdnc.cli as cli
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(sys, "argv", ["gdnc", "ops", "--json"])
+    cli.main()
+    assert signal.getsignal(signal.SIGINT) is before

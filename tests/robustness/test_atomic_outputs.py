@@ -97,6 +97,7 @@ def test_success_replaces_the_file_with_umask_permissions(tmp_path):
 
 
 def test_sigint_during_the_commit_is_raised_after_it(tmp_path, monkeypatch):
+    handler = signal.getsignal(signal.SIGINT)
     out = tmp_path / "o.txt"
     out.write_text("old")
     real_replace = os.replace
@@ -109,7 +110,7 @@ def test_sigint_during_the_commit_is_raised_after_it(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         write_text(out, "new")
     assert out.read_text() == "new" and _names(tmp_path) == ["o.txt"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_new_files_go_again_if_the_target_cannot_be_renamed(tmp_path, monkeypatch):
