@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,21 +90,20 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
         sched, tokenizer, ids = _scheduler(path, opts)
     streams = [TextStream(tokenizer) for _ in ids]
     single = len(ids) == 1 and not as_json
-    count = Counter(done=0, total=opts.n_new * len(ids))
+    total = opts.n_new * len(ids)  # at most: EOS may end sequences early
     live = None
     if not single and not as_json and out.is_terminal:  # every sequence streams in its panel
-        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet, count), console=out,
+        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet, total), console=out,
                     refresh_per_second=10, vertical_overflow="visible")
 
     def on_token(seq_id: int, token: int) -> None:
         piece = streams[seq_id].push(token)
-        count["done"] += 1
         bar.advance()
         if single:
             sys.stdout.write(piece)
             sys.stdout.flush()
         elif live is not None:
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, count))
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, total))
         elif not as_json and sched.sequences[seq_id].status != "running":
             _print_sequence(out, seq_id, opts.prompts[seq_id], streams[seq_id], quiet)
 
@@ -115,10 +113,10 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     # none when one sequence streams its text (the text is the progress)
     with live if live is not None else nullcontext(), \
             progress.bars(err, enabled=not (single or quiet or as_json or live is not None)):
-        bar = progress.task("generating", count["total"])
+        bar = progress.task("generating", total)
         sched.run(on_token)
         if live is not None:  # a failed sequence's panel shows why
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, count))
+            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, total))
     failed = [s for s in sched.sequences if s.status == "failed"]
     if live is None and not single and not as_json:
         for seq in failed:
@@ -156,9 +154,9 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
 
 
 def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence], quiet: bool,
-            count: Counter[str]) -> Group:
+            total: int) -> Group:
     """One panel per sequence: prompt (dim) and the text so far; the title says its state; under
-    them a bar of the tokens generated (of at most ``count["total"]``)."""
+    them a bar of the tokens generated (of at most ``total``)."""
     panels: list[RenderableType] = []
     for seq, prompt, stream in zip(seqs, prompts, streams):
         text = Text(stream.tokenizer.decode(stream.ids, skip_special=True))
@@ -166,9 +164,10 @@ def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence],
             text = Text.assemble((prompt, "dim"), text)
         state = seq.status if seq.finish_reason is None else f"{seq.status}: {seq.finish_reason}"
         panels.append(Panel(text, title=f"[{seq.id}] {state}", title_align="left"))
-    finished = all(s.status != "running" for s in seqs)  # EOS may end sequences early
-    bar = ProgressBar(total=count["total"], completed=count["total"] if finished else count["done"], width=40)
-    panels.append(Columns([bar, Text(f"{count['done']} tokens generated")]))
+    done = sum(len(s.generated) for s in seqs)
+    finished = all(s.status != "running" for s in seqs)
+    bar = ProgressBar(total=total, completed=total if finished else done, width=40)
+    panels.append(Columns([bar, Text(f"{done} tokens generated")]))
     return Group(*panels)
 
 

@@ -4,7 +4,8 @@ Per prompt: max |Δlogit| over all positions, top-1 agreement, and the perplexit
 prompt's own tokens under each graph (exp of the mean next-token NLL). The comparison passes
 when the top-1 token agrees at every position (SPEC §6). With a text file (``TextEval``), its
 perplexity under both graphs, and under the HF checkpoint when given (``gdnc.heldout``): fused
-and unfused must agree to 4 significant digits, fused and HF within 1e-3.
+and unfused must agree within ``heldout.FUSED_TOLERANCE`` (4 significant digits on CPU), fused
+and HF within 1e-3.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The unfused per-token delta-net chain, as the unfused graph of a GGUF model spells it
-(``hybrid_graph._delta_net``: per sequence a Gather of its state row, a dozen small ops per
+(``hybrid_graph.delta_net_layer``: per sequence a Gather of its state row, a dozen small ops per
 token, a ScatterND back), alone in a graph and run by gdnc's executor: what the fusion pass
 replaces by one GatedDeltaNet node."""
 
@@ -12,7 +12,7 @@ import torch
 from gdnc.bench.op_inputs import OpInputs
 from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
 from gdnc.frontends.hybrid_config import HybridConfig
-from gdnc.frontends.hybrid_graph import Composition, _delta_net
+from gdnc.frontends.hybrid_graph import Composition, delta_net_layer
 from gdnc.ir.graph import Model
 from gdnc.runtime.executor import Executor
 
@@ -30,7 +30,7 @@ def chain_model(cfg: HybridConfig, x: OpInputs) -> Model:
     for name, shape in zip(FIELDS, ([n, s.HV, s.K], [n, s.HV, s.K], [n, s.HV, s.V], [n, s.HV], [n, s.HV])):
         e.input(name, FLOAT, shape)
     e.input("state_slots", INT64, [x.batch])
-    o = _delta_net(e, c, FIELDS, 0, Composition((x.tokens,) * x.batch))
+    o = delta_net_layer(e, c, FIELDS, 0, Composition((x.tokens,) * x.batch))
     e.output(o, "o", first=True)
     return e.model()
 

@@ -154,7 +154,7 @@ def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     return e.silu(y)
 
 
-def _delta_net(e: Emit, c: HybridConfig, fields: tuple[str, ...], i: int, comp: Composition) -> str:
+def delta_net_layer(e: Emit, c: HybridConfig, fields: tuple[str, ...], i: int, comp: Composition) -> str:
     """HF's torch_recurrent_gated_delta_rule per sequence and token on rows of the packed
     (q, k, v, g, beta); o [T, HV, V]."""
     HV, K, V = c.n_v_heads, c.k_dim, c.v_dim
@@ -195,7 +195,7 @@ def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
     dt_bias = e.weight(f"blk.{i}.ssm_dt.bias", w(f"blk.{i}.ssm_dt.bias", HV))
     ssm_a = e.weight(f"blk.{i}.ssm_a", w(f"blk.{i}.ssm_a", HV))
     g = e.op("Mul", ssm_a, e.op("Softplus", e.op("Add", a, dt_bias)))  # log decay [T, HV]
-    o = _delta_net(e, c, (q, k, v, g, e.op("Sigmoid", b)), i, comp)
+    o = delta_net_layer(e, c, (q, k, v, g, e.op("Sigmoid", b)), i, comp)
     o = e.rms_norm(o, w(f"blk.{i}.ssm_norm.weight", V), c.eps, f"blk.{i}.ssm_norm")
     o = e.op("Mul", o, e.silu(e.reshape(z, [-1, HV, V])))
     return e.matmul_t(e.reshape(o, [-1, HV * V]), w(f"blk.{i}.ssm_out.weight", E, HV * V),
