@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import types
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from gdnc.errors import OpArgumentError
 from gdnc.fused_op import GdnAttrs
 from gdnc.lowering.gated_delta_net import gated_delta_net_reference, validate
 from gdnc.ops import gated_delta_net, gated_delta_net_functional, run_fused_node
+from tests.models.hf_source import hf_function
 
 F64 = torch.float64
 PROPS = settings(max_examples=25, deadline=None)
@@ -133,7 +133,7 @@ class _TorchFp64(types.ModuleType):
 def hf_recurrent(fp64: bool):
     """HF's torch_recurrent_gated_delta_rule (hub/fla dispatch unwrapped). It casts every
     input to torch.float32; with ``fp64`` that name is rebound to float64 in its globals."""
-    fn = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
+    fn = hf_function(modeling_qwen3_next, "torch_recurrent_gated_delta_rule")
     if not fp64:
         return fn
     glb = {**fn.__globals__, "torch": _TorchFp64("torch")}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import inspect
 import io
 import logging
 import os
@@ -46,6 +45,7 @@ import onnx
 import torch
 from torch import nn
 
+from .hf_source import hf_function
 from .variants import VARIANTS
 
 Exporter = Literal["dynamo", "torchscript"]
@@ -164,7 +164,7 @@ def _hf_fn():
     """The HF reference loop, undecorated (the hub-kernel wrapper would pick fla if present)."""
     from transformers.models.qwen3_next import modeling_qwen3_next as m
 
-    return inspect.unwrap(m.torch_recurrent_gated_delta_rule)
+    return hf_function(m, "torch_recurrent_gated_delta_rule")
 
 
 def _make_inputs(
