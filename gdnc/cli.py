@@ -291,10 +291,11 @@ def bench(
     """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
     tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
     from gdnc import command_files
+
+    command_files.check(inputs=[model], outputs=[plot])
     from gdnc.bench.command import run_bench
     from gdnc.bench.options import bench_options
 
-    command_files.check(models=[model], outputs=[plot])
     opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
     run_bench(model, opts, plot, as_json, quiet, out, err)
 
@@ -330,14 +331,15 @@ def logits(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
+    from gdnc import command_files
+
+    command_files.check(inputs=[model], outputs=[output])
     import numpy as np
 
-    from gdnc import command_files
     from gdnc.atomic import open_replacing
     from gdnc.errors import InputError
     from gdnc.runtime.hybrid_runner import HybridModel
 
-    command_files.check(models=[model], outputs=[output])
     fused = _fused_flag(fused_gdn)
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]

@@ -19,8 +19,10 @@ from gdnc.atomic import check_outputs
 def check(*, models: Iterable[str | Path] = (), inputs: Iterable[str | Path | None] = (),
           outputs: Iterable[str | Path | None] = ()) -> list[Path]:
     """InputError (one line naming both files) for an output that is an input or an earlier
-    output; GdncError for an output no file can be put at. ``None``: an option not given.
-    Returns the input files: ``models`` with their external data files, then ``inputs``."""
+    output; GdncError for an output no file can be put at. ``models``: model files that may be
+    ONNX (all but ``.gguf`` ones are read as such); ``inputs``: other files read (a GGUF-only
+    model too); ``None``: an option not given. Returns the input files: ``models`` with their
+    external data files, then ``inputs``."""
     files: dict[Path, str] = {}
     for model in map(Path, models):
         files.setdefault(model, f"the input {model}")
