@@ -71,14 +71,13 @@ def check_target(path: str | Path) -> Path:
     return path
 
 
-def check_outputs(outputs: Iterable[str | Path | None], inputs: Mapping[Path, str]) -> list[Path]:
-    """The ``outputs`` given (None: not asked for), each checked by ``check_target``; an
-    InputError (one line, naming both) for an output that is written by replacement and is the
-    same file as one of ``inputs`` (the same path, a hard link or a symlink; ``inputs`` maps
-    each to what it is, "the input X") or as an earlier output. Cheap: before any work."""
+def check_outputs(outputs: Iterable[str | Path | None], inputs: Mapping[Path, str]) -> None:
+    """Check each of ``outputs`` (None: not asked for) with ``check_target``; an InputError
+    (one line, naming both) for one that is written by replacement and is the same file as one
+    of ``inputs`` (the same path, a hard link or a symlink; ``inputs`` maps each to what it is,
+    "the input X") or as an earlier output. Cheap: before any work."""
     seen: dict[tuple[int, int] | str, str] = {
         key: what for path, what in inputs.items() if (key := _identity(path)) is not None}
-    checked: list[Path] = []
     for output in outputs:
         if output is None:
             continue
@@ -91,8 +90,6 @@ def check_outputs(outputs: Iterable[str | Path | None], inputs: Mapping[Path, st
         if clash is not None:
             raise InputError(f"{path}: the output would overwrite {clash}", fix="choose another output path")
         seen.update(dict.fromkeys(keys, f"the other output {path}"))
-        checked.append(path)
-    return checked
 
 
 def writes_in_place(path: str | Path) -> bool:
@@ -284,11 +281,7 @@ def _is_stream(mode: int) -> bool:
 def _standard_stream(path: Path) -> int | None:
     """1 or 2 if ``path`` is the file this process's stdout or stderr is, else None."""
     key = _identity(path)
-    for fd in (1, 2):
-        with suppress(OSError):
-            if key is not None and key == _fd_identity(fd):
-                return fd
-    return None
+    return next((fd for fd in (1, 2) if key is not None and _identity(fd) == key), None)
 
 
 def _open_stream(path: Path) -> BinaryIO:
@@ -309,17 +302,13 @@ def _open_stream(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _identity(path: str | Path) -> tuple[int, int] | None:
-    """(device, inode) of the file ``path`` names (symlinks followed); None if there is none."""
+def _identity(path: str | Path | int) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` (or descriptor) names, symlinks followed; None if
+    there is none."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return st.st_dev, st.st_ino
-
-
-def _fd_identity(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
     return st.st_dev, st.st_ino
 
 
