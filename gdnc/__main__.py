@@ -1,4 +1,5 @@
-"""``python -m gdnc`` and the ``gdnc`` console script (Ctrl-C while it starts: one line, exit 130)."""
+"""``python -m gdnc`` and the ``gdnc`` console script (Ctrl-C, SIGTERM or SIGHUP while it
+starts: one line, exit 128 + the signal)."""
 
 import sys
 
@@ -6,15 +7,16 @@ from gdnc import interrupt
 
 
 def run() -> None:
-    """Import the CLI and run it; an interrupt during the (long) imports is one line too."""
+    """Import the CLI and run it; a stop signal during the (long) imports is one line too."""
     with interrupt.recording():
         try:
             from gdnc.cli import main
         except BaseException as exc:
             if not interrupt.received():
                 raise
-            sys.stderr.write("interrupted\n")
-            raise SystemExit(130) from exc
+            line, code = interrupt.ending()
+            sys.stderr.write(f"{line}\n")
+            raise SystemExit(code) from exc
         main()
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -22,15 +22,25 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _dump_after(stage: str | None, directory: Path | None):
-    if stage is None:
+def _dump_after(stage: str | None, path: Path | None):
+    if stage is None or path is None:  # both or neither
         return None
     from gdnc.ir.to_onnx import save_onnx
 
     def dump(name: str, model) -> None:
         if name == stage:
-            save_onnx(model, (directory or Path(".")) / f"after-{name}.onnx")
+            save_onnx(model, path)
     return dump
+
+
+def _dump_file(stage: str | None, output: Path) -> Path | None:
+    """Where ``--dump-after STAGE`` writes: beside the output (in the working folder if that
+    is a stream, such as /dev/stdout)."""
+    from gdnc.atomic import writes_in_place
+
+    if stage is None:
+        return None
+    return (Path(".") if writes_in_place(output) else output.parent) / f"after-{stage}.onnx"
 
 
 @app.command()
@@ -50,12 +60,15 @@ def convert(
 ) -> None:
     """Fuse every delta-net chain of MODEL and write the result (a GGUF model: write it as
     ONNX with external weights, fused or unfused)."""
+    from gdnc import command_files
     from gdnc.convert import convert_file
     from gdnc.errors import InputError
     from gdnc.reporting import print_report
 
+    dump_file = _dump_file(dump_after, output)
+    command_files.check(models=[model], outputs=[output, report, dump_file])
     if model.suffix.lower() == ".gguf":
-        from gdnc.atomic import check_target, write_json
+        from gdnc.atomic import write_json
         from gdnc.gguf_export import DEFAULT_LENGTHS, export_gguf, parse_lengths
 
         if lengths is not None and not unfused:
@@ -63,8 +76,6 @@ def convert(
         if dump_after is not None:
             raise InputError("--dump-after applies to ONNX input only, not to GGUF")
         comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
-        if report is not None:
-            check_target(report)
         with progress.bars(err, enabled=not quiet and not as_json):
             info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
         if report is not None:
@@ -81,7 +92,7 @@ def convert(
         raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
     with progress.bars(err, enabled=not quiet and not as_json):
         rep = convert_file(model, output, target=target, report_path=report,
-                           dump_after=_dump_after(dump_after, output.parent))
+                           dump_after=_dump_after(dump_after, dump_file))
     if as_json:
         out.print_json(json.dumps(rep.to_json()))
     elif not quiet:
@@ -100,6 +111,9 @@ def inspect(
 ) -> None:
     """Op histogram, chains found, what would fuse and why not (a GGUF model: the unfused
     graph of one batch, whose per-sequence chains become one node per layer)."""
+    from gdnc import command_files
+
+    command_files.check(models=[model], outputs=[draw])
     drawing = None
     if draw is not None:  # checked before anything is loaded
         from gdnc.drawing import InspectDrawing
@@ -186,12 +200,11 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
               quiet: bool) -> None:
     import numpy as np
 
-    from gdnc.atomic import check_target
+    from gdnc import command_files
     from gdnc.frontends.onnx_model import load_onnx
     from gdnc.runtime.executor import Executor
 
-    if output is not None:
-        check_target(output)
+    command_files.check(models=[model], inputs=[inputs], outputs=[output])
     feeds = _load_npz(inputs)
     with progress.bars(err, enabled=not (as_json or quiet)):
         results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
@@ -277,6 +290,9 @@ def bench(
 ) -> None:
     """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
     tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
+    from gdnc import command_files
+
+    command_files.check(inputs=[model], outputs=[plot])
     from gdnc.bench.command import run_bench
     from gdnc.bench.options import bench_options
 
@@ -315,13 +331,15 @@ def logits(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
+    from gdnc import command_files
+
+    command_files.check(inputs=[model], outputs=[output])
     import numpy as np
 
-    from gdnc.atomic import check_target, open_replacing
+    from gdnc.atomic import open_replacing
     from gdnc.errors import InputError
     from gdnc.runtime.hybrid_runner import HybridModel
 
-    check_target(output)
     fused = _fused_flag(fused_gdn)
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]
@@ -393,12 +411,10 @@ def _main() -> None:
         err.print("[red]aborted[/]")
         sys.exit(130)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
-        sys.exit(130)
+        _stopped()
     except Exception as exc:  # noqa: BLE001 - the boundary: never a traceback for users
-        if interrupt.received():  # Ctrl-C re-raised as another exception on its way here
-            err.print("[red]interrupted[/]")
-            sys.exit(130)
+        if interrupt.received():  # a stop signal re-raised as another exception on its way here
+            _stopped()
         if os.environ.get("GDNC_DEBUG"):
             raise
         if isinstance(exc, _usage_errors()):
@@ -408,7 +424,14 @@ def _main() -> None:
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (GDNC_DEBUG=1 shows the traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(2)
-    if code == 130:
-        err.print("[red]interrupted[/]")
+    if code == 130:  # typer's code for a KeyboardInterrupt (Terminated included)
+        _stopped()
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _stopped() -> NoReturn:
+    """End a run stopped by SIGINT, SIGTERM or SIGHUP: its one line, exit 128 + the signal."""
+    line, code = interrupt.ending()
+    err.print(f"[red]{line}[/]")
+    sys.exit(code)

@@ -6,11 +6,12 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
-from gdnc.atomic import check_not_overwriting, check_target, write_json
+from gdnc import command_files
+from gdnc.atomic import keeping, write_json
 from gdnc.errors import InputError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
-from gdnc.ir.to_onnx import external_data_files, save_onnx
+from gdnc.ir.to_onnx import save_onnx
 from gdnc.passes.pipeline import ConversionReport, fuse_model
 
 TARGETS = ("native", "ort")
@@ -50,18 +51,15 @@ def convert_file(
     dump_after: Callable[[str, Model], None] | None = None,
 ) -> ConversionReport:
     """Read ``src`` (ONNX), fuse, write ``dst`` atomically (and the JSON report if asked; each
-    file on its own). ``dst`` may not be ``src`` or one of its external data files."""
-    dst = check_target(dst)
-    if report_path is not None:
-        check_target(report_path)
-    check_not_overwriting(dst, [src])
-    model = load_onnx(src)
-    if model.external_data:
-        check_not_overwriting(dst, external_data_files(src), f"the external data of {src}")
-    report = convert_model(model, target=target, dump_after=dump_after)
-    save_onnx(model, dst, external_data=model.external_data)
-    if report_path is not None:
-        write_json(report_path, report.to_json())
+    file on its own). ``dst`` and the report may not be ``src`` or one of its external data
+    files (``command_files.check``), and no write removes one of those."""
+    inputs = command_files.check(models=[src], outputs=[dst, report_path])
+    with keeping(inputs):
+        model = load_onnx(src)
+        report = convert_model(model, target=target, dump_after=dump_after)
+        save_onnx(model, dst, external_data=model.external_data)
+        if report_path is not None:
+            write_json(report_path, report.to_json())
     return report
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gdnc import fused_op
-from gdnc.atomic import check_not_overwriting, check_target
+from gdnc import command_files, fused_op
+from gdnc.atomic import keeping
 from gdnc.convert import TARGETS, emit_target
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
@@ -50,8 +50,8 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
     lengths = tuple(int(n) for n in lengths)
     if unfused:
         _check_lengths(lengths)
-    src, dst = Path(path), check_target(output)
-    check_not_overwriting(dst, [src])
+    src, dst = Path(path), Path(output)
+    inputs = command_files.check(models=[src], outputs=[dst])
     f = GgufFile(src)
     cfg = hybrid_config(f)
     if unfused:
@@ -59,7 +59,8 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
     else:
         model = build_fused(f, cfg)
         emit_target(model, target)
-    save_onnx(model, dst, external_data=True)
+    with keeping(inputs):
+        save_onnx(model, dst, external_data=True)
     ops = model.graph.op_histogram()
     data = external_data_files(dst)
     return {

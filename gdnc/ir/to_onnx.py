@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import _get_all_tensors, set_external_data, uses_external_data
 
 from gdnc import progress
-from gdnc.atomic import Replacement
+from gdnc.atomic import Replacement, writes_in_place
 from gdnc.errors import GdncError
 from gdnc.ir.graph import Attr, Graph, Model, Value
 
@@ -135,9 +135,10 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data
 
     ``external_data``: True stores tensors >= 1 KiB in a data file beside ``path`` named for
     this write (``<name>.<8 hex>.data``, a relative location), False keeps everything inline,
-    None decides by size (> 1.5 GiB). The data file goes into place before the model that
-    refers to it; once the model is in place, the data file of the previous model is removed
-    if it is one of these (same folder, that naming) and not the new one.
+    None decides by size (> 1.5 GiB); a stream (``/dev/stdout``, a FIFO) gets everything
+    inline. The data file goes into place before the model that refers to it; once the model
+    is in place, the data file of the previous model is removed if it is one of these (same
+    folder, that naming), not the new one, and no input of the run (``gdnc.atomic.keeping``).
     """
     path = Path(path)
     with progress.step(f"writing {path.name}"):
@@ -149,6 +150,7 @@ def _save(model: Model | onnx.ModelProto, path: Path, external_data: bool | None
     proto = model_to_proto(model) if isinstance(model, Model) else model
     if external_data is None:
         external_data = proto.ByteSize() > 1_500_000_000
+    external_data = external_data and not writes_in_place(path)  # no data file beside a stream
     data = None
     if external_data:
         if proto is model:  # the caller's message stays as it was
@@ -162,14 +164,17 @@ def _save(model: Model | onnx.ModelProto, path: Path, external_data: bool | None
             serialized = proto.SerializeToString()
         except ValueError as exc:  # over protobuf's 2 GiB
             raise GdncError(f"cannot write {path}: {exc}") from exc
-        with open(rep.temp(path), "wb") as fh:
+        with rep.open(path) as fh:
             fh.write(serialized)
 
 
 def external_data_files(path: str | Path) -> list[Path]:
     """The files the ONNX model at ``path`` keeps tensors in (its relative locations, beside
-    it), in order of first use; [] if it has none, or cannot be read."""
+    it), in order of first use; [] if it has none, cannot be read, or is no regular file (a
+    stream is not read: a FIFO would wait for a writer, or lose what it holds)."""
     path = Path(path)
+    if not path.is_file():
+        return []
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError):

@@ -173,12 +173,33 @@ def test_logits_errors_are_one_line_and_write_nothing(tmp_path) -> None:
         assert not out.exists() and not list(tmp_path.glob(".l.npy*"))
 
 
-def test_the_cli_puts_the_sigint_handler_back(monkeypatch) -> None:
+def test_the_cli_puts_the_signal_handlers_back(monkeypatch) -> None:
     import signal
 
     import gdnc.cli as cli
+    from gdnc.interrupt import STOP_SIGNALS
 
-    before = signal.getsignal(signal.SIGINT)
+    before = [signal.getsignal(sig) for sig in STOP_SIGNALS]
     monkeypatch.setattr(sys, "argv", ["gdnc", "ops", "--json"])
     cli.main()
-    assert signal.getsignal(signal.SIGINT) is before
+    assert [signal.getsignal(sig) for sig in STOP_SIGNALS] == before
+
+
+STOPPED_BY = """
+import os, signal, sys, time
+import gdnc.cli as cli
+
+def command(**_):
+    os.kill(os.getpid(), signal.{name})
+    time.sleep(60)
+
+cli.app = command
+cli.main()
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_sigterm_and_sighup_end_the_run_on_one_line(name, code) -> None:
+    proc = subprocess.run([sys.executable, "-c", STOPPED_BY.format(name=name)],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stderr.strip()) == (code, "terminated"), proc.stderr

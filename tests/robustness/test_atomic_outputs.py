@@ -1,20 +1,21 @@
 """Whenever gdnc stops writing, its outputs are the previous files or the new ones, complete.
 
-First ``gdnc.atomic`` and ``save_onnx`` on their own (exceptions, KeyboardInterrupt, SIGINT during
-the commit, write errors as one line, the previous data file removed). Then as a user meets it:
-a real ``python -m gdnc convert`` (ONNX -> ONNX, and GGUF -> ONNX with external data) over a
-previous output of another model, killed by SIGKILL or SIGINT at moments spread over its
-lifetime, and at chosen moments of its writing through ``slow_writer.py``: mid-write, just before
-and just after the model's rename. After each kill the folder holds the old output byte for byte
-(data file included), or the new one equal to a reference conversion (or none, if there was
-none before): never a model that fails to load. No visible stray file, except after SIGKILL a
-data file no model refers to (killed between the data file's rename and the model's, or before
-the old data file is removed); hidden temporary files after SIGKILL only. SIGINT exits 130 with
-the one line "interrupted". Each kill is a case of the "atomic" tally: old output intact, new
-output complete, or broken.
+First ``gdnc.atomic`` and ``save_onnx`` on their own (exceptions, KeyboardInterrupt, SIGINT,
+SIGTERM and SIGHUP during the commit, write errors as one line, the previous data file removed
+unless an input uses it). Then as a user meets it: a real ``python -m gdnc convert`` (ONNX ->
+ONNX, and GGUF -> ONNX with external data) over a previous output of another model, killed by
+SIGKILL or SIGINT at moments spread over its lifetime, and by those and SIGTERM and SIGHUP at
+chosen moments of its writing through ``slow_writer.py``: mid-write, just before and just after
+the model's rename. After each kill the folder holds the old output byte for byte (data file
+included), or the new one equal to a reference conversion (or none, if there was none before):
+never a model that fails to load. No visible stray file, except after SIGKILL a data file no
+model refers to (killed between the data file's rename and the model's, or before the old data
+file is removed); hidden temporary files after SIGKILL only. SIGINT exits 130 with the one line
+"interrupted", SIGTERM and SIGHUP 143 and 129 with "terminated". Each kill is a case of the
+"atomic" tally: old output intact, new output complete, or broken.
 
-The kill points of ``-m slow`` are many more (12 moments per signal, more mid-write points,
-kills without a previous output).
+The kill points of ``-m slow`` are many more (12 moments per signal, SIGTERM and SIGHUP spread
+too, more mid-write points, kills without a previous output).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ import pytest
 
 from examples.make_gguf_models import write_models
 from gdnc import atomic
-from gdnc.atomic import Replacement, open_replacing, write_json, write_text
-from gdnc.errors import GdncError
+from gdnc.atomic import Replacement, keeping, open_replacing, write_json, write_text
+from gdnc.errors import GdncError, InputError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.gguf_export import export_gguf
+from gdnc.interrupt import LINES, STOP_SIGNALS
 from gdnc.ir import to_onnx
 from gdnc.ir.to_onnx import external_data_files, model_to_proto, save_onnx
 from tests.robustness.harness import TALLY, run_cli
@@ -96,21 +98,28 @@ def test_success_replaces_the_file_with_umask_permissions(tmp_path):
     assert _names(tmp_path) == ["r.json"]
 
 
-def test_sigint_during_the_commit_is_raised_after_it(tmp_path, monkeypatch):
-    handler = signal.getsignal(signal.SIGINT)
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda sig: signal.Signals(sig).name)
+def test_a_stop_signal_during_the_commit_is_raised_after_it(tmp_path, monkeypatch, sig):
+    def stop(signum, frame):  # what gdnc's command line does (interrupt.recording)
+        raise KeyboardInterrupt
+
     out = tmp_path / "o.txt"
     out.write_text("old")
     real_replace = os.replace
 
     def replace(src, dst):
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), sig)
         real_replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", replace)
-    with pytest.raises(KeyboardInterrupt):
-        write_text(out, "new")
+    previous = signal.signal(sig, stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_text(out, "new")
+        assert signal.getsignal(sig) is stop
+    finally:
+        signal.signal(sig, previous)
     assert out.read_text() == "new" and _names(tmp_path) == ["o.txt"]
-    assert signal.getsignal(signal.SIGINT) is handler
 
 
 def test_new_files_go_again_if_the_target_cannot_be_renamed(tmp_path, monkeypatch):
@@ -188,6 +197,27 @@ def test_save_onnx_removes_only_its_own_data_files(tmp_path, two_models):
     (data,) = external_data_files(path)
     assert _names(tmp_path) == sorted(["m.onnx", "m.onnx.data", stray.name, data.name])
     assert _canonical(path) == model_to_proto(b).SerializeToString()
+
+
+def test_save_onnx_keeps_and_never_writes_over_what_an_input_uses(tmp_path, two_models):
+    a, b = two_models
+    path, backup, link = tmp_path / "m.onnx", tmp_path / "backup.onnx", tmp_path / "link.data"
+    save_onnx(a, path, external_data=True)
+    (data,) = external_data_files(path)
+    shutil.copy(path, backup)  # a copy, with the same data file: the input of the run
+    os.link(data, link)
+    with keeping([backup, data]):
+        with pytest.raises(InputError) as exc:
+            save_onnx(b, link, external_data=False)
+        save_onnx(b, path, external_data=True)  # the old output's data file is the input's
+    assert str(exc.value) == f"{link}: the output would overwrite the input {data}"
+    (new,) = external_data_files(path)
+    assert _names(tmp_path) == sorted(["m.onnx", "backup.onnx", "link.data", data.name, new.name])
+    link.unlink()  # onnx's checker refuses a data file with hard links
+    assert _canonical(backup) == model_to_proto(a).SerializeToString()
+    assert _canonical(path) == model_to_proto(b).SerializeToString()
+    save_onnx(a, path, external_data=True)  # the block is over: the data file of b's goes
+    assert new.name not in _names(tmp_path)
 
 
 @pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()],
@@ -343,15 +373,16 @@ def _exit_problems(kill: Kill, state: str, code: int, stderr: str) -> list[str]:
         return [] if state == "new" else ["exit 0 without the new output"]
     if kill.sig == signal.SIGKILL:
         return [] if code == -signal.SIGKILL else [f"exit {code} after SIGKILL: {stderr[-300:]!r}"]
-    if code in (130, -signal.SIGINT) and lines == ["interrupted"]:
-        # -SIGINT too: once a KeyboardInterrupt has come through exec() of a string (as in
-        # dataclasses, while torch is imported), CPython ends by re-raising SIGINT, handled or
-        # not; a shell sees 130 either way
+    # -SIGINT too: once a KeyboardInterrupt has come through exec() of a string (as in
+    # dataclasses, while torch is imported), CPython ends by re-raising SIGINT, handled or not;
+    # a shell sees 130 either way (SIGTERM and SIGHUP raise a subclass, which it lets be)
+    codes = (128 + kill.sig, -signal.SIGINT) if kill.sig == signal.SIGINT else (128 + kill.sig,)
+    if code in codes and lines == [LINES[kill.sig]]:
         return []
     python_end = not lines or lines[-1] == "KeyboardInterrupt"
-    if code == -signal.SIGINT and python_end and ", in main" not in stderr:
-        return []  # Python's own end: before gdnc's command line was loaded, or after it returned
-    return [f"exit {code} after SIGINT: {stderr[-300:]!r}"]
+    if code == -kill.sig and python_end and ", in main" not in stderr:
+        return []  # Python's own end: before gdnc's handlers were installed, or after they went
+    return [f"exit {code} after {kill.sig.name}: {stderr[-300:]!r}"]
 
 
 def _judge(out: Path, source: Source, kill: Kill, code: int, stderr: str) -> str:
@@ -403,33 +434,41 @@ def _run_kill(source: Source, kill: Kill, folder: Path) -> None:
     print(f"{kill}: {state} output, exit {proc.returncode}")  # shown by pytest -rP
 
 
-def _spread(n: int, previous: bool = True) -> list[Kill]:
-    """n moments per signal over the conversion's lifetime, SIGINT's between SIGKILL's."""
+KILL, INT, TERM, HUP = signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGHUP
+
+
+def _spread(n: int, previous: bool = True, signals: tuple[signal.Signals, signal.Signals] = (KILL, INT)
+            ) -> list[Kill]:
+    """n moments per signal over the conversion's lifetime, the second signal's between the first's."""
     return [Kill(sig, (i + offset) / n, previous=previous)
-            for sig, offset in ((signal.SIGKILL, 0.25), (signal.SIGINT, 0.75)) for i in range(n)]
+            for sig, offset in zip(signals, (0.25, 0.75)) for i in range(n)]
 
 
-KILL, INT = signal.SIGKILL, signal.SIGINT
 # mid-write: the old output; just before the model's rename: old after SIGKILL (the new data file
-# already in place, unreferenced), new after SIGINT (held back until the commit is done); just
-# after it: new (SIGKILL may leave the old data file)
+# already in place, unreferenced), new after SIGINT, SIGTERM or SIGHUP (held back until the commit
+# is done); just after it: new (SIGKILL may leave the old data file)
 AT_WRITES = {
     "onnx": [Kill(KILL, mode="write", expect="old"), Kill(INT, mode="write", expect="old"),
-             Kill(KILL, mode="before-rename", expect="old"), Kill(INT, mode="after-rename", expect="new")],
+             Kill(KILL, mode="before-rename", expect="old"), Kill(INT, mode="after-rename", expect="new"),
+             Kill(TERM, mode="write", expect="old")],
     "gguf": [Kill(KILL, mode="write", expect="old"), Kill(INT, mode="write", expect="old"),
              Kill(KILL, mode="before-rename", expect="old"), Kill(INT, mode="before-rename", expect="new"),
-             Kill(KILL, mode="after-rename", expect="new"), Kill(INT, mode="after-rename", expect="new")],
+             Kill(KILL, mode="after-rename", expect="new"), Kill(INT, mode="after-rename", expect="new"),
+             Kill(HUP, mode="before-rename", expect="new")],
 }
 SLOW_AT_WRITES = [
-    *(Kill(sig, PAUSE + extra, mode="write") for sig in (KILL, INT) for extra in (0.01, 0.3, 0.8)),
+    *(Kill(sig, PAUSE + extra, mode="write") for sig in (KILL, INT, TERM) for extra in (0.01, 0.3, 0.8)),
     Kill(INT, mode="before-rename", expect="new"), Kill(KILL, mode="after-rename", expect="new"),
-    *(Kill(sig, mode="write", previous=False, expect="absent") for sig in (KILL, INT)),
+    Kill(TERM, mode="write", expect="old"), Kill(HUP, mode="write", expect="old"),
+    *(Kill(sig, mode=mode, expect="new") for sig in (TERM, HUP)
+      for mode in ("before-rename", "after-rename")),
+    *(Kill(sig, mode="write", previous=False, expect="absent") for sig in (KILL, INT, TERM, HUP)),
 ]
 CASES = [pytest.param(name, kill, id=f"{name}-{kill}") for name in ("onnx", "gguf")
          for kill in _spread(4) + AT_WRITES[name]]
 SLOW_CASES = [pytest.param(name, kill, id=f"{name}-{kill}", marks=pytest.mark.slow)
               for name in ("onnx", "gguf")
-              for kill in _spread(12) + _spread(2, previous=False)
+              for kill in _spread(12) + _spread(4, signals=(TERM, HUP)) + _spread(2, previous=False)
               + [k for k in SLOW_AT_WRITES if k not in AT_WRITES[name]]]
 
 
