@@ -236,22 +236,41 @@ def test_a_failed_sequence_is_reported_and_its_slot_reused(model_paths):
     TALLY.note("serving", "failed sequences reported, slot reused")
 
 
-def test_cli_reports_the_failed_sequence_and_prints_the_others(model_paths):
+def _cli_poisoned(path: Path, bad: str, good: str = "") -> Path:
+    """``path`` with a NaN embedding row for the first token of ``bad`` (not in ``good``)."""
     from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 
-    path = model_paths["qwen35"]
     tok = GgufTokenizer.from_metadata(GgufFile(path).metadata)
-    good, bad = "The for statement", "import os"
-    bad_ids = tok.encode(bad)
+    first = tok.encode(bad)[0]
+    assert first not in tok.encode(good)
     emb = np.array(GgufFile(path).tensor("token_embd.weight"))
-    emb[bad_ids[0]] = np.nan
-    assert bad_ids[0] not in tok.encode(good)
-    poisoned = rewrite(path, path.with_name("cli-nan.gguf"), tensors={"token_embd.weight": emb})
+    emb[first] = np.nan
+    return rewrite(path, path.with_name("cli-nan.gguf"), tensors={"token_embd.weight": emb})
+
+
+@pytest.mark.parametrize(("good", "bad"), [
+    ("The for statement", "import os"),
+    # >= CHUNKED_MIN_TOKENS tokens each (the chunked kernel); the good one (24 tokens) ends
+    # inside a chunk, and the bad one's first token follows it
+    ("The for statement iterates over the items of any sequence, in order.",
+     "import os and sys, then read every line of the file into a list of words."),
+], ids=["short", "chunked"])
+def test_cli_reports_the_failed_sequence_and_prints_the_others(model_paths, good, bad):
+    path = model_paths["qwen35"]
+    poisoned = _cli_poisoned(path, bad, good)
     outcome = run_cli(["run", str(poisoned), "-p", good, "-p", bad, "-n", "4", "-q"])
     hold_to_promise("serving", "one poisoned prompt of two", outcome,
                     mention="1 of 2 sequence(s) failed (the others completed); sequence 1: non-finite")
     alone = run_cli(["run", str(path), "-p", good, "-n", "4", "-q"])
     assert alone.code == 0 and alone.stdout.strip() and alone.stdout.strip() in outcome.stdout
+
+
+def test_cli_says_when_every_sequence_failed(model_paths):
+    poisoned = _cli_poisoned(model_paths["qwen35"], "import os")
+    outcome = run_cli(["run", str(poisoned), "-p", "import os", "-p", "import sys", "-n", "4", "-q"])
+    hold_to_promise("serving", "every prompt poisoned", outcome,
+                    mention="all 2 sequences failed; sequence 0: non-finite")
+    assert "completed" not in outcome.stderr
 
 
 def test_pool_exhaustion_queues_or_refuses_never_evicts(model_paths):
