@@ -58,4 +58,4 @@ class InputError(GdncError):
 
 
 class GenerationError(GdncError):
-    """A sequence failed while generating (non-finite logits); the others completed."""
+    """A sequence failed while generating (non-finite logits); any others completed."""

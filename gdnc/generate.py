@@ -148,9 +148,16 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
                   f"({t.prefill_tokens} prefill + {t.decode_tokens} decode, {t.steps} batches); {graphs}",
                   highlight=False, soft_wrap=True)
     if failed:
-        raise GenerationError(f"{len(failed)} of {len(ids)} sequence(s) failed (the others completed); "
+        raise GenerationError(f"{_failed_count(len(failed), len(ids))}; "
                               f"sequence {failed[0].id}: {failed[0].finish_reason}")
     return sched.sequences
+
+
+def _failed_count(failed: int, total: int) -> str:
+    """How many of the ``total`` sequences failed; the others (if any) completed."""
+    if failed == total:
+        return f"all {total} sequences failed" if total > 1 else "generation failed"
+    return f"{failed} of {total} sequence(s) failed (the others completed)"
 
 
 def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence], quiet: bool,

@@ -5,19 +5,27 @@ GDA/KDA gates, up to 8 packed sequences of random lengths (0 and 1 included), po
 unused slots, negative and distinct in/out slots, fp32/bf16 inputs and states. Outputs and
 token states are poisoned with NaN before the kernel runs; the whole pool (unused slots too)
 is compared. Triton runs on a GPU, or on the CPU under TRITON_INTERPRET=1 at small shapes.
+
+Isolation: NaN or Inf in one sequence's q/k/v/g/beta rows and its initial pool slot leaves
+every other sequence's o rows, token states and out slot bit-identical to a clean run, and
+slots nobody writes unchanged, for every backend x algorithm, with lengths around the chunk
+sizes (a chunk that ends inside a sequence is padded).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gdnc.lowering.gated_delta_net.cpu import KDA_CHUNK  # the shortest chunk
 from gdnc.ops import gated_delta_net
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -61,12 +69,16 @@ class Case:
                 f"{self.layout}-{'kda' if self.kda else 'gda'}{'-bf16' if self.bf16_inputs else ''}")
 
 
+LENGTHS = (0, 1, 1, 2, 5, 17, 64, 70, 130)
+
+
 @st.composite
-def cases(draw, max_dim: int) -> Case:
+def cases(draw, max_dim: int, lengths_from: tuple[int, ...] = LENGTHS, seqs: tuple[int, int] = (1, 8),
+          ) -> Case:
+    """A case of ``seqs`` (min, max) sequences with lengths drawn from ``lengths_from``."""
     dims = [d for d in (16, 32, 48, 64, 128) if d <= max_dim]
-    n = draw(st.integers(1, 8))
-    lengths = tuple(draw(st.lists(st.sampled_from([0, 1, 1, 2, 5, 17, 64, 70, 130]),
-                                  min_size=n, max_size=n)))
+    n = draw(st.integers(*seqs))
+    lengths = tuple(draw(st.lists(st.sampled_from(lengths_from), min_size=n, max_size=n)))
     spare = draw(st.integers(0, 3))
     pool = n + spare
     def some_negative(slots):  # about one slot in six becomes -1 (zeros in / no write)
@@ -124,33 +136,47 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     return (got64 - want64).norm().item() / denom if denom else (got64 - want64).abs().max().item()
 
 
+class Run(NamedTuple):
+    """What one call wrote: o, the pool, token states (None when not asked)."""
+
+    o: torch.Tensor
+    pool: torch.Tensor
+    ts: torch.Tensor | None
+
+
+def _run(c: Case, tensors: list[torch.Tensor], pool: torch.Tensor, cu: torch.Tensor,
+         backend: str, algorithm: str) -> Run:
+    """One call on a copy of ``pool``; o and token states start as NaN (unwritten shows)."""
+    q, k, v, g, beta = tensors
+    device = q.device
+    state_dims = pool.shape[2:]
+    pool = pool.clone()
+    ts = torch.full((q.shape[0], v.shape[1], *state_dims), float("nan"), dtype=pool.dtype,
+                    device=device) if c.token_states else None
+    o = torch.full_like(v, float("nan"))
+    gated_delta_net(q, k, v, g, beta, pool, cu,
+                    torch.tensor(c.in_slots, dtype=torch.int64, device=device),
+                    torch.tensor(c.out_slots, dtype=torch.int64, device=device),
+                    scale=0.7 if c.seed % 2 else None, qk_l2norm=c.l2norm, head_map=c.head_map,
+                    state_layout=c.layout, token_states=ts, backend=backend,
+                    algorithm=algorithm, out=o)
+    return Run(o, pool, ts)
+
+
 def _check(c: Case, backend: str, algorithm: str, device: str) -> None:
-    (q, k, v, g, beta), pool, cu, state_dims = _inputs(c, device)
-    T, HV = q.shape[0], v.shape[1]
-    kwargs = dict(scale=0.7 if c.seed % 2 else None, qk_l2norm=c.l2norm, head_map=c.head_map,
-                  state_layout=c.layout)
-    ins = torch.tensor(c.in_slots, dtype=torch.int64, device=device)
-    outs = torch.tensor(c.out_slots, dtype=torch.int64, device=device)
-    ref_pool = pool.clone()
-    ref_ts = torch.full((T, HV, *state_dims), float("nan"), dtype=pool.dtype, device=device) \
-        if c.token_states else None
-    ref_o = gated_delta_net(q, k, v, g, beta, ref_pool, cu, ins, outs, token_states=ref_ts,
-                            backend="reference", **kwargs)
-    got_pool = pool.clone()
-    got_ts = torch.full_like(ref_ts, float("nan")) if ref_ts is not None else None
-    got_o = torch.full_like(ref_o, float("nan"))
-    gated_delta_net(q, k, v, g, beta, got_pool, cu, ins, outs, token_states=got_ts,
-                    backend=backend, algorithm=algorithm, out=got_o, **kwargs)
+    tensors, pool, cu, _ = _inputs(c, device)
+    ref = _run(c, tensors, pool, cu, "reference", "auto")
+    got = _run(c, tensors, pool, cu, backend, algorithm)
     low = c.bf16_inputs or c.bf16_state
     tol = TOLERANCE[("bf16",)] if low else TOLERANCE[(algorithm, "fp32")]
     if device == "cuda" and algorithm == "chunked" and not low:
         tol = GPU_CHUNKED_FP32
-    assert _rel(got_o, ref_o) <= tol, f"o differs: {c.id}"
-    assert _rel(got_pool, ref_pool) <= tol, f"pool differs: {c.id}"
+    assert _rel(got.o, ref.o) <= tol, f"o differs: {c.id}"
+    assert _rel(got.pool, ref.pool) <= tol, f"pool differs: {c.id}"
     untouched = [s for s in range(pool.shape[0]) if s not in c.out_slots]
-    assert torch.equal(got_pool[untouched], pool[untouched]), "a slot nobody writes changed"
-    if got_ts is not None:
-        assert _rel(got_ts, ref_ts) <= tol, f"token states differ: {c.id}"
+    assert torch.equal(got.pool[untouched], pool[untouched]), "a slot nobody writes changed"
+    if got.ts is not None and ref.ts is not None:
+        assert _rel(got.ts, ref.ts) <= tol, f"token states differ: {c.id}"
 
 
 @pytest.mark.parametrize(("backend", "algorithm", "device", "max_dim", "examples"), TARGETS,
@@ -161,6 +187,91 @@ def test_backend_matches_reference(backend, algorithm, device, max_dim, examples
     @given(case=cases(max_dim))
     def run(case: Case) -> None:
         _check(case, backend, algorithm, device)
+
+    run()
+
+
+# Poisoning: (backend, algorithm, device, max head dim, max sequences, examples) for every
+# backend x algorithm. Lengths straddle the chunks (CPU 32, KDA 16, Triton 64) and the
+# chunked thresholds of "auto" (CHUNKED_MIN_TOKENS), so that chunks end inside sequences.
+POISON_LENGTHS = (0, 1, 5, 17, 20, 23, 31, 33, 45, 64, 70)
+POISON_TARGETS = [("reference", "auto", "cpu", 32, 4, 5), ("auto", "auto", "cpu", 32, 4, 10)]
+POISON_TARGETS += [("cpu", a, "cpu", 32, 4, 15) for a in ("recurrent", "chunked", "auto")]
+if HAS_TRITON and (GPU or INTERPRET):
+    POISON_TARGETS += [("triton", a, "cuda" if GPU else "cpu", 64 if GPU else 16, 4 if GPU else 3,
+                        30 if GPU else 3) for a in ("recurrent", "chunked", "auto")]
+POISONABLE = ("q", "k", "v", "g", "beta", "state")
+
+
+@dataclass(frozen=True)
+class Poison:
+    """Non-finite ``value`` in ``inputs`` of sequence ``seq``: its token rows (all, or only
+    ``row``) of q, k, v, g, beta and its in slot of the pool."""
+
+    seq: int
+    inputs: frozenset[str]
+    value: float
+    row: int | None
+
+
+@st.composite
+def poisonings(draw, max_dim: int, max_seqs: int) -> tuple[Case, Poison]:
+    """A case and a poisoned sequence in it: when there is one, a sequence whose packed
+    predecessor ends inside a chunk (its padding would be this sequence's tokens)."""
+    c = draw(cases(max_dim, POISON_LENGTHS, (2, max_seqs)))
+    after_padding = [n for n in range(1, len(c.lengths)) if c.lengths[n - 1] % KDA_CHUNK]
+    seq = draw(st.sampled_from(after_padding or range(len(c.lengths))))
+    inputs = st.just(frozenset(POISONABLE)) | st.frozensets(st.sampled_from(POISONABLE), min_size=1)
+    rows = st.none() | st.integers(0, c.lengths[seq] - 1) if c.lengths[seq] else st.none()
+    return c, Poison(seq, draw(inputs), draw(st.sampled_from([math.nan, math.inf, -math.inf])),
+                     draw(rows))
+
+
+def _check_isolation(c: Case, p: Poison, backend: str, algorithm: str, device: str) -> None:
+    """The other sequences' o rows, token states and out slots are bit-identical to a run
+    without the poison; slots nobody writes keep their values."""
+    tensors, pool, cu, _ = _inputs(c, device)
+    clean = _run(c, tensors, pool, cu, backend, algorithm)
+    first, end = int(cu[p.seq]), int(cu[p.seq + 1])
+    rows = slice(first, end) if p.row is None else slice(first + p.row, first + p.row + 1)
+    tensors = [x.clone() for x in tensors]
+    for name, x in zip(POISONABLE, tensors):
+        if name in p.inputs:
+            x[rows] = p.value
+    pool = pool.clone()
+    if "state" in p.inputs and c.in_slots[p.seq] >= 0:
+        pool[c.in_slots[p.seq]] = p.value
+    dirty = _run(c, tensors, pool, cu, backend, algorithm)
+    where = f"{c.id}, seed {c.seed}, lengths {c.lengths}, {p}"
+    tok = torch.cat([torch.arange(int(cu[n]), int(cu[n + 1])) for n in range(len(c.lengths))
+                     if n != p.seq]).to(device)
+    assert torch.isfinite(clean.o[tok]).all(), f"the clean run is not finite: {where}"
+    assert _same_bits(dirty.o[tok], clean.o[tok]), f"another sequence's o changed: {where}"
+    if clean.ts is not None and dirty.ts is not None:
+        assert _same_bits(dirty.ts[tok], clean.ts[tok]), f"another's token states: {where}"
+    others = [s for n, s in enumerate(c.out_slots) if n != p.seq and s >= 0]
+    assert _same_bits(dirty.pool[others], clean.pool[others]), f"another's out slot: {where}"
+    untouched = [s for s in range(pool.shape[0]) if s not in c.out_slots]
+    assert _same_bits(dirty.pool[untouched], pool[untouched]), f"a slot nobody writes: {where}"
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-identical (a NaN equals the same NaN)."""
+    ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+    return torch.equal(a.contiguous().view(ints[a.dtype]), b.contiguous().view(ints[b.dtype]))
+
+
+@pytest.mark.parametrize(("backend", "algorithm", "device", "max_dim", "max_seqs", "examples"),
+                         POISON_TARGETS, ids=[f"{b}-{a}" for b, a, *_ in POISON_TARGETS])
+def test_non_finite_inputs_stay_in_their_sequence(backend, algorithm, device, max_dim, max_seqs,
+                                                  examples) -> None:
+    """NaN/Inf in one sequence's inputs or initial state reaches no other sequence (drawn
+    fresh each run)."""
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=poisonings(max_dim, max_seqs))
+    def run(case: tuple[Case, Poison]) -> None:
+        _check_isolation(*case, backend, algorithm, device)
 
     run()
 

@@ -27,6 +27,8 @@ import torch
 
 from examples.make_gguf_models import write_models
 from gdnc.frontends.gguf_file import GgufFile
+from gdnc.lowering.gated_delta_net.cpu import CHUNK
+from gdnc.ops import CHUNKED_MIN_TOKENS
 from gdnc.runtime.generation import FINISHED, Request, Scheduler
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
 from tests.frontends.gguf_rewrite import rewrite
@@ -139,14 +141,36 @@ def _poisoned(path: Path, value: float) -> Path:
     return rewrite(path, path.with_name(f"{name}-{path.name}"), tensors={"token_embd.weight": emb})
 
 
-def _two_steps(path: Path, fused: bool, device: str = "cpu"):
-    """Prefill then decode of three sequences; the middle one reads the poisoned token."""
+SHORT_PROMPTS = ((1, 2, 3), (5, POISONED_TOKEN, 6, 7), (9,))
+
+
+def _two_steps(path: Path, fused: bool, device: str = "cpu",
+               prompts: tuple[tuple[int, ...], ...] = SHORT_PROMPTS):
+    """Prefill of three prompts (only the middle one holds the poisoned token), then a decode
+    step; the logits of both steps and the pool rows of sequences 0 and 2."""
     model = HybridModel(str(path), fused=fused, device=device)
-    pool = model.new_pool(4, 32)
+    pool = model.new_pool(4, max(map(len, prompts)) + 4)
     slots = [pool.allocate() for _ in range(3)]
-    batches = [[(1, 2, 3), (5, POISONED_TOKEN, 6, 7), (9,)], [(4,), (8,), (10, 11)]]
+    batches = [prompts, [(4,), (8,), (10, 11)]]
     logits = [model.forward(pool, [Entry(s, t) for s, t in zip(slots, b)]) for b in batches]
     return logits, {k: v[[slots[0], slots[2]]].clone() for k, v in pool.tensors.items()}
+
+
+def _faults_stay_in_sequence_1(path: Path, fused: bool, device: str = "cpu",
+                               prompts: tuple[tuple[int, ...], ...] = SHORT_PROMPTS,
+                               context: str = "") -> None:
+    """With a NaN, then an Inf embedding row, sequence 1's logits are non-finite and the
+    logits and pool rows of sequences 0 and 2 bit-identical to the clean model's."""
+    clean_logits, clean_pools = _two_steps(path, fused, device, prompts)
+    for value in (np.nan, np.inf):
+        logits, pools = _two_steps(_poisoned(path, value), fused, device, prompts)
+        for step in range(2):
+            assert not torch.isfinite(logits[step][1]).all(), (context, value, step)
+            for n in (0, 2):
+                assert torch.equal(logits[step][n], clean_logits[step][n]), (context, value, step, n)
+        for name, rows in pools.items():
+            assert torch.equal(rows, clean_pools[name]), f"{context} {value}: pool {name} of a clean sequence"
+        TALLY.note("serving", "NaN/Inf inputs kept in their sequence")
 
 
 @pytest.mark.parametrize("device", [
@@ -155,16 +179,43 @@ def _two_steps(path: Path, fused: bool, device: str = "cpu"):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 def test_a_non_finite_input_stays_in_its_sequence(model_paths, arch, fused, device):
-    clean_logits, clean_pools = _two_steps(model_paths[arch], fused, device)
-    for value in (np.nan, np.inf):
-        logits, pools = _two_steps(_poisoned(model_paths[arch], value), fused, device)
-        for step in range(2):
-            assert not torch.isfinite(logits[step][1]).all()
-            for n in (0, 2):
-                assert torch.equal(logits[step][n], clean_logits[step][n]), (value, step, n)
-        for name, rows in pools.items():
-            assert torch.equal(rows, clean_pools[name]), f"{value}: pool {name} of a clean sequence"
-        TALLY.note("serving", "NaN/Inf inputs kept in their sequence")
+    _faults_stay_in_sequence_1(model_paths[arch], fused, device)
+
+
+def _chunked_prompts(rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
+    """Three prompts long enough for the chunked kernel, the first ending inside a chunk
+    and the poisoned token among the next prompt's tokens that fill that chunk."""
+    def prompt(n: int) -> list[int]:
+        return [int(t) + (t >= POISONED_TOKEN) for t in rng.integers(0, 499, n)]
+
+    first = int(rng.choice([n for n in range(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK) if n % CHUNK]))
+    middle = prompt(int(rng.integers(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK)))
+    middle[int(rng.integers(0, -first % CHUNK))] = POISONED_TOKEN
+    return (tuple(prompt(first)), tuple(middle),
+            tuple(prompt(int(rng.integers(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK)))))
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+def test_a_non_finite_input_stays_in_its_sequence_through_a_chunked_prefill(model_paths, arch):
+    """Prompts of >= CHUNKED_MIN_TOKENS prefilled together on the fused CPU path (the chunked
+    kernel): the poisoned one fails alone; the others' logits, pool rows and tokens are the
+    clean run's."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    prompts = _chunked_prompts(np.random.default_rng(seed))
+    context = f"seed {seed}, prompt lengths {[len(p) for p in prompts]}"
+    _faults_stay_in_sequence_1(model_paths[arch], True, "cpu", prompts, context)
+    requests = [Request(p, 4, stop_at_eos=False) for p in prompts]
+    runs = []
+    for path in (model_paths[arch], _poisoned(model_paths[arch], np.nan)):
+        sched = Scheduler(HybridModel(str(path), fused=True), 3, n_ctx=2 * CHUNK + 8)
+        for r in requests:
+            sched.submit(r)
+        runs.append(sched.run())
+    clean, poisoned = runs
+    assert [s.status for s in poisoned] == ["done", "failed", "done"], context
+    for n in (0, 2):
+        assert poisoned[n].generated == clean[n].generated, f"{context}: sequence {n}"
+    TALLY.note("serving", "NaN inputs kept in their sequence through a chunked prefill")
 
 
 def test_a_failed_sequence_is_reported_and_its_slot_reused(model_paths):
@@ -185,22 +236,41 @@ def test_a_failed_sequence_is_reported_and_its_slot_reused(model_paths):
     TALLY.note("serving", "failed sequences reported, slot reused")
 
 
-def test_cli_reports_the_failed_sequence_and_prints_the_others(model_paths):
+def _cli_poisoned(path: Path, bad: str, good: str = "") -> Path:
+    """``path`` with a NaN embedding row for the first token of ``bad`` (not in ``good``)."""
     from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 
-    path = model_paths["qwen35"]
     tok = GgufTokenizer.from_metadata(GgufFile(path).metadata)
-    good, bad = "The for statement", "import os"
-    bad_ids = tok.encode(bad)
+    first = tok.encode(bad)[0]
+    assert first not in tok.encode(good)
     emb = np.array(GgufFile(path).tensor("token_embd.weight"))
-    emb[bad_ids[0]] = np.nan
-    assert bad_ids[0] not in tok.encode(good)
-    poisoned = rewrite(path, path.with_name("cli-nan.gguf"), tensors={"token_embd.weight": emb})
+    emb[first] = np.nan
+    return rewrite(path, path.with_name("cli-nan.gguf"), tensors={"token_embd.weight": emb})
+
+
+@pytest.mark.parametrize(("good", "bad"), [
+    ("The for statement", "import os"),
+    # >= CHUNKED_MIN_TOKENS tokens each (the chunked kernel); the good one (24 tokens) ends
+    # inside a chunk, and the bad one's first token follows it
+    ("The for statement iterates over the items of any sequence, in order.",
+     "import os and sys, then read every line of the file into a list of words."),
+], ids=["short", "chunked"])
+def test_cli_reports_the_failed_sequence_and_prints_the_others(model_paths, good, bad):
+    path = model_paths["qwen35"]
+    poisoned = _cli_poisoned(path, bad, good)
     outcome = run_cli(["run", str(poisoned), "-p", good, "-p", bad, "-n", "4", "-q"])
     hold_to_promise("serving", "one poisoned prompt of two", outcome,
                     mention="1 of 2 sequence(s) failed (the others completed); sequence 1: non-finite")
     alone = run_cli(["run", str(path), "-p", good, "-n", "4", "-q"])
     assert alone.code == 0 and alone.stdout.strip() and alone.stdout.strip() in outcome.stdout
+
+
+def test_cli_says_when_every_sequence_failed(model_paths):
+    poisoned = _cli_poisoned(model_paths["qwen35"], "import os")
+    outcome = run_cli(["run", str(poisoned), "-p", "import os", "-p", "import sys", "-n", "4", "-q"])
+    hold_to_promise("serving", "every prompt poisoned", outcome,
+                    mention="all 2 sequences failed; sequence 0: non-finite")
+    assert "completed" not in outcome.stderr
 
 
 def test_pool_exhaustion_queues_or_refuses_never_evicts(model_paths):

@@ -74,9 +74,12 @@ class _Plan:
 
     @cached_property
     def tok(self) -> torch.Tensor:
-        """[N, T] token index of step t of sorted sequence n, clamped into range past its end."""
+        """[N, T] token index of step t of sorted sequence n; past its end its own last token
+        (only ever an index: ``_rows`` gives padding steps zeros)."""
         steps = torch.arange(self.padded_len, dtype=torch.int64)
-        return (self.starts[:, None] + steps).clamp_(max=max(self.last_token, 0))
+        last = (torch.tensor(self.lens) - 1).clamp_(min=0)
+        return (self.starts[:, None] + torch.minimum(steps, last[:, None])).clamp_(
+            max=max(self.last_token, 0))
 
     @cached_property
     def valid(self) -> torch.Tensor:
@@ -111,12 +114,19 @@ def _segments(lens: list[int], blocks: int, per: int, group: int):
 
 def _rows(x: torch.Tensor, p: _Plan, t0: int, t1: int, n: int) -> torch.Tensor:
     """x [T_total, heads, *D] -> fp32 [n, t1 - t0, heads, *D]: steps t0:t1 of the first n
-    sorted sequences (a view of x when they are consecutive packed tokens)."""
+    sorted sequences (a view of x when they are consecutive packed tokens).
+
+    Steps past a sequence's end are zeros, selected in (never another sequence's values
+    times 0: NaN * 0 is NaN): no update (beta 0), no decay (g 0), zero q, k and v."""
+    T = t1 - t0
     if p.in_order or (n == 1 and t1 <= p.lens[0]):
-        rows = x[p.first + t0:p.first + t0 + n * (t1 - t0)]
-    else:
-        rows = x.index_select(0, p.tok[:n, t0:t1].flatten())
-    return rows.float().view(n, t1 - t0, *x.shape[1:])
+        return x[p.first + t0:p.first + t0 + n * T].float().view(n, T, *x.shape[1:])
+    rows = x.index_select(0, p.tok[:n, t0:t1].flatten()).view(n, T, *x.shape[1:])
+    ended = sum(length >= t1 for length in p.lens[:n])  # sorted: lens[ended:n] < t1
+    if ended < n:
+        pad = ~p.valid[ended:n, t0:t1].view(n - ended, T, *[1] * (x.dim() - 1))
+        rows[ended:].masked_fill_(pad, 0.0)
+    return rows.float()
 
 
 def _arrange(x: torch.Tensor, C: int) -> torch.Tensor:
@@ -338,9 +348,7 @@ def run_chunked(launch: GdnLaunch) -> None:
         v, g, beta = (_arrange(_rows(x, p, t0, t1, n0), C)
                       for x in (launch.v, launch.g, launch.beta))
         valid = p.valid[:n0, t0:t1].view(n0, -1, C).transpose(0, 1)[:, :, None]  # [G,n0,1,C]
-        beta = (beta.unflatten(1, (n0, HV)) * valid).flatten(1, 2)  # padding: no update
-        g = g.unflatten(1, (n0, HV)).masked_fill(~valid[..., None] if shp.kda else ~valid, 0.0)
-        terms = _local(kq, v, g.flatten(1, 2), beta)
+        terms = _local(kq, v, g, beta)  # padding rows are zeros: no update, no decay
         O = torch.empty(j1 - j0, n0 * HV, C, shp.V)
         for i, n in enumerate(running):
             c = n * HV
