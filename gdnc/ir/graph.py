@@ -1,8 +1,11 @@
 """The IR: a networkx DiGraph of op nodes with typed values, initializers and subgraphs.
 
 Nodes are integer ids in ``Graph.nx`` (a ``networkx.DiGraph``); an edge ``a -> b`` means a
-value produced by ``a`` is read by ``b``. Values are referred to by name; graph inputs,
-initializers and values of an enclosing graph have no producer. The graph keeps every node's
+value produced by ``a`` is read by ``b``, directly or from inside one of ``b``'s subgraphs
+(an ``If`` branch, a ``Loop``/``Scan`` body): a node's *implicit inputs*, the enclosing-scope
+names its subgraphs read, count as its reads everywhere (uses, order, liveness). Values are
+referred to by name; graph inputs, initializers and values of an enclosing graph have no
+producer. The graph keeps every node's
 original position so a topological order stays as close to the source order as possible,
 which makes ONNX -> IR -> ONNX round trips byte-identical.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import networkx as nx
@@ -87,8 +90,11 @@ class Node:
         return a.value
 
     def attrs_have_graph(self) -> bool:
-        return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for a in self.attrs.values())
+        return bool(self.subgraphs())
+
+    def subgraphs(self) -> list[Graph]:
+        """The graphs of its GRAPH and GRAPHS attributes, in attribute order."""
+        return [sub for a in self.attrs.values() for sub in _subgraphs(a)]
 
     @property
     def qualified_op(self) -> str:
@@ -138,6 +144,9 @@ class Graph:
         self.nx: nx.DiGraph = nx.DiGraph()
         self._producer: dict[str, int] = {}
         self._uses: dict[str, dict[int, None]] = {}
+        self._implicit: dict[int, tuple[str, ...]] = {}  # node -> outer names its subgraphs read
+        self._inner_names: set[str] = set()  # names defined inside subgraphs of nodes
+        self._name_counters: dict[str, int] = {}  # fresh_name: next suffix to try per hint
         self._ids = itertools.count()
         self._const_cache: dict[str, np.ndarray] = {}
         self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
@@ -163,7 +172,31 @@ class Graph:
         return None if nid is None else self.node(nid)
 
     def consumers(self, value: str) -> list[int]:
+        """The nodes reading ``value``, directly or from inside their subgraphs."""
         return list(self._uses.get(value, ()))
+
+    def implicit_inputs(self, nid: int) -> tuple[str, ...]:
+        """The enclosing-scope names node ``nid``'s subgraphs read (recursively), in order."""
+        return self._implicit.get(nid, ())
+
+    def reads(self, nid: int) -> list[str]:
+        """Every name node ``nid`` reads: its inputs (no "") then its implicit inputs, once each."""
+        return list(dict.fromkeys([*filter(None, self.node(nid).inputs), *self.implicit_inputs(nid)]))
+
+    def outer_reads(self) -> list[str]:
+        """The names this graph (as a subgraph) reads from enclosing scopes: those its nodes,
+        their subgraphs and its outputs read that it does not define, in first-use order."""
+        own = self._own_names()
+        read = [name for name, users in self._uses.items() if users] + self.outputs
+        return list(dict.fromkeys(n for n in read if n and n not in own))
+
+    def defined_names(self) -> set[str]:
+        """Every name this graph and its subgraphs define (inputs, initializers, node outputs)."""
+        return self._own_names() | self._inner_names
+
+    def _own_names(self) -> set[str]:
+        names = set(self.inputs) | set(self.initializers) | set(self._producer)
+        return names | {s.values.name for s in self.sparse_initializers}
 
     def is_graph_output(self, value: str) -> bool:
         return value in self._output_set
@@ -220,16 +253,29 @@ class Graph:
         for name in node.inputs:
             if name:
                 self._add_use(name, nid)
+        self._track_subgraphs(nid)
         return nid
+
+    def _track_subgraphs(self, nid: int) -> None:
+        """Record node ``nid``'s implicit inputs as uses, and the names its subgraphs define."""
+        subs = self.node(nid).subgraphs()
+        if not subs:
+            return
+        implicit = tuple(dict.fromkeys(n for sub in subs for n in sub.outer_reads()))
+        self._implicit[nid] = implicit
+        for name in implicit:
+            self._add_use(name, nid)
+        for sub in subs:
+            self._inner_names |= sub.defined_names()
 
     def position(self, nid: int) -> float:
         return self.nx.nodes[nid]["pos"]
 
     def remove_node(self, nid: int) -> None:
         node = self.node(nid)
-        for name in node.inputs:
-            if name:
-                self._uses.get(name, {}).pop(nid, None)
+        for name in self.reads(nid):
+            self._uses.get(name, {}).pop(nid, None)
+        self._implicit.pop(nid, None)
         for out in node.outputs:
             if out and self._producer.get(out) == nid:
                 del self._producer[out]
@@ -245,26 +291,51 @@ class Graph:
         node = self.node(nid)
         old = node.inputs[index]
         node.inputs[index] = name
-        if old and old not in node.inputs:
-            self._uses.get(old, {}).pop(nid, None)
-            src = self._producer.get(old)
-            if src is not None and not any(o in node.inputs for o in self.node(src).outputs):
-                self.nx.remove_edge(src, nid)
+        if old:
+            self._drop_use_if_unread(old, nid)
         if name:
             self._add_use(name, nid)
 
+    def _drop_use_if_unread(self, name: str, nid: int) -> None:
+        """Forget that node ``nid`` reads ``name`` (and the edge from its producer) once it
+        no longer does."""
+        reads = self.reads(nid)
+        if name in reads:
+            return
+        self._uses.get(name, {}).pop(nid, None)
+        src = self._producer.get(name)
+        if src is not None and not any(o in reads for o in self.node(src).outputs):
+            self.nx.remove_edge(src, nid)
+
     def replace_all_uses(self, old: str, new: str) -> None:
-        """Redirect every reader of ``old`` (nodes and graph outputs) to ``new``."""
+        """Redirect every reader of ``old`` (nodes, their subgraphs and graph outputs) to ``new``."""
         for nid in list(self._uses.get(old, ())):
             node = self.node(nid)
             for i, name in enumerate(node.inputs):
                 if name == old:
                     self.set_input(nid, i, new)
+            if old in self.implicit_inputs(nid):
+                self._rename_outer(nid, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
+
+    def _rename_outer(self, nid: int, old: str, new: str) -> None:
+        """Make node ``nid``'s subgraphs read the enclosing-scope value ``new`` where they read
+        ``old`` (a subgraph that defines ``old`` itself keeps it)."""
+        subs = self.node(nid).subgraphs()
+        for sub in subs:
+            if old in sub._own_names():
+                continue
+            if old in sub.outputs and old in sub.values:  # an output passing the outer value on
+                sub.values.setdefault(new, replace(sub.values[old], name=new))
+            sub.replace_all_uses(old, new)
+        self._implicit[nid] = tuple(dict.fromkeys(n for sub in subs for n in sub.outer_reads()))
+        self._drop_use_if_unread(old, nid)
+        if new in self._implicit[nid]:
+            self._add_use(new, nid)
 
     def rename_value(self, old: str, new: str) -> None:
         """Give the value ``old`` (produced by a node) the unused name ``new`` everywhere."""
-        if new in self._producer or new in self.initializers or new in self.inputs:
+        if new in self._producer or new in self.initializers or new in self.inputs or new in self._inner_names:
             raise GraphError(f"cannot rename {old!r} to {new!r}: the name is taken")
         nid = self._producer.pop(old)
         node = self.node(nid)
@@ -275,6 +346,8 @@ class Graph:
         for user in uses:
             unode = self.node(user)
             unode.inputs = [new if i == old else i for i in unode.inputs]
+            if old in self.implicit_inputs(user):
+                self._rename_outer(user, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
         val = self.values.pop(old, None)
         if val is not None:
@@ -307,18 +380,23 @@ class Graph:
         return True
 
     def fresh_name(self, hint: str) -> str:
-        """A value/node name not used in this graph."""
+        """A value/node name not used in this graph or its subgraphs: ``hint``, else ``hint_K``
+        for the next K not tried for this hint (amortized constant time per call)."""
         base = hint or "v"
-        name, k = base, 0
-        while name in self.values or name in self._producer or name in self.initializers:
+        k = self._name_counters.get(base, 0)
+        name = f"{base}_{k}" if k else base
+        while name in self.values or name in self._producer or name in self.initializers \
+                or name in self._inner_names:
             k += 1
             name = f"{base}_{k}"
+        self._name_counters[base] = k + 1
         self.values[name] = Value(name)
         return name
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         """Add a constant tensor; returns its (possibly uniquified) name."""
-        if name in self.initializers or name in self._producer or name in self.inputs:
+        if name in self.initializers or name in self._producer or name in self.inputs \
+                or name in self._inner_names:
             name = self.fresh_name(name)
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         self.values[name] = Value(name, _elem_type(np.asarray(array)), tuple(np.shape(array)))
