@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -185,10 +185,9 @@ class Graph:
 
     def outer_reads(self) -> list[str]:
         """The names this graph (as a subgraph) reads from enclosing scopes: those its nodes,
-        their subgraphs and its outputs read that it does not define, in first-use order."""
+        and their subgraphs read that it does not define, in first-use order."""
         own = self._own_names()
-        read = [name for name, users in self._uses.items() if users] + self.outputs
-        return list(dict.fromkeys(n for n in read if n and n not in own))
+        return [name for name, users in self._uses.items() if users and name not in own]
 
     def defined_names(self) -> set[str]:
         """Every name this graph and its subgraphs define (inputs, initializers, node outputs)."""
@@ -323,11 +322,8 @@ class Graph:
         ``old`` (a subgraph that defines ``old`` itself keeps it)."""
         subs = self.node(nid).subgraphs()
         for sub in subs:
-            if old in sub._own_names():
-                continue
-            if old in sub.outputs and old in sub.values:  # an output passing the outer value on
-                sub.values.setdefault(new, replace(sub.values[old], name=new))
-            sub.replace_all_uses(old, new)
+            if old not in sub._own_names():
+                sub.replace_all_uses(old, new)
         self._implicit[nid] = tuple(dict.fromkeys(n for sub in subs for n in sub.outer_reads()))
         self._drop_use_if_unread(old, nid)
         if new in self._implicit[nid]:
@@ -434,20 +430,25 @@ class Graph:
             yield nid, self.node(nid)
 
     def check(self, outer_scope: Iterable[str] = ()) -> None:
-        """Raise GraphError on a dangling input or output name or on a cycle."""
-        known = set(self.inputs) | set(self.initializers) | set(outer_scope)
-        known |= {s.values.name for s in self.sparse_initializers}
+        """Raise GraphError on a dangling input or output name or on a cycle, here and in every
+        subgraph (which sees ``outer_scope``, the names its enclosing graphs define before it
+        but may not pass one of them straight out as an output, as onnx and onnxruntime say)."""
+        own = set(self.inputs) | set(self.initializers) | {s.values.name for s in self.sparse_initializers}
+        known = own | set(outer_scope)
         for _, node in self.nodes():
             for name in node.inputs:
                 if name and name not in known:
                     raise GraphError(
                         f"node {node.name or node.op_type} reads {name!r}, which nothing produces"
                     )
+            own.update(o for o in node.outputs if o)
             known.update(o for o in node.outputs if o)
-            for attr in node.attrs.values():
-                for sub in _subgraphs(attr):
-                    sub.check(known)
+            for sub in node.subgraphs():
+                sub.check(known)
         for out in self.outputs:
+            if out in known and out not in own:
+                raise GraphError(f"subgraph {self.name!r} outputs {out!r} of an enclosing graph",
+                                 fix="put an Identity node between them")
             if out not in known:
                 raise GraphError(f"graph output {out!r} is not produced")
 
