@@ -331,7 +331,7 @@ class Graph:
 
     def rename_value(self, old: str, new: str) -> None:
         """Give the value ``old`` (produced by a node) the unused name ``new`` everywhere."""
-        if new in self._producer or new in self.initializers or new in self.inputs or new in self._inner_names:
+        if self._taken(new):
             raise GraphError(f"cannot rename {old!r} to {new!r}: the name is taken")
         nid = self._producer.pop(old)
         node = self.node(nid)
@@ -381,8 +381,7 @@ class Graph:
         base = hint or "v"
         k = self._name_counters.get(base, 0)
         name = f"{base}_{k}" if k else base
-        while name in self.values or name in self._producer or name in self.initializers \
-                or name in self._inner_names:
+        while name in self.values or self._taken(name):
             k += 1
             name = f"{base}_{k}"
         self._name_counters[base] = k + 1
@@ -391,13 +390,17 @@ class Graph:
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         """Add a constant tensor; returns its (possibly uniquified) name."""
-        if name in self.initializers or name in self._producer or name in self.inputs \
-                or name in self._inner_names:
+        if self._taken(name):
             name = self.fresh_name(name)
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         self.values[name] = Value(name, _elem_type(np.asarray(array)), tuple(np.shape(array)))
         self._const_cache.pop(name, None)
         return name
+
+    def _taken(self, name: str) -> bool:
+        """Whether ``name`` is defined here (input, initializer, node output) or in a subgraph."""
+        return name in self._producer or name in self.initializers or name in self._inner_names \
+            or name in self.inputs
 
     def constant(self, array: np.ndarray, hint: str = "const") -> str:
         """An initializer holding ``array``, shared with an identical one made before."""

@@ -116,4 +116,5 @@ def test_fusion_keeps_values_read_in_subgraphs(reads, chains, tmp_path) -> None:
     onnx.checker.check_model(fused, full_check=True)
     assert _subgraphs(fused) == _subgraphs(proto)
     result = compare_file(src, inputs=inputs)
-    assert result.passed and result.chains == chains and len(result.diffs) == 6, result  # o, final_state, extra
+    # o, final_state and extra, each in gdnc and in onnxruntime
+    assert result.passed and result.chains == chains and len(result.diffs) == 6, result
