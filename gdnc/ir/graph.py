@@ -94,13 +94,14 @@ class Node:
 
     def subgraphs(self) -> list[Graph]:
         """The graphs of its GRAPH and GRAPHS attributes, in attribute order."""
-        return [sub for a in self.attrs.values() for sub in _subgraphs(a)]
+        return [sub for a in self.attrs.values() if a.type in _GRAPH_KINDS for sub in _subgraphs(a)]
 
     @property
     def qualified_op(self) -> str:
         return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
 
 
+_GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ATTR_KINDS: dict[type, int] = {
     float: onnx.AttributeProto.FLOAT,
     int: onnx.AttributeProto.INT,
@@ -181,7 +182,9 @@ class Graph:
 
     def reads(self, nid: int) -> list[str]:
         """Every name node ``nid`` reads: its inputs (no "") then its implicit inputs, once each."""
-        return list(dict.fromkeys([*filter(None, self.node(nid).inputs), *self.implicit_inputs(nid)]))
+        inputs = self.node(nid).inputs
+        implicit = self._implicit.get(nid)
+        return [n for n in dict.fromkeys(inputs if implicit is None else [*inputs, *implicit]) if n]
 
     def outer_reads(self) -> list[str]:
         """The names this graph (as a subgraph) reads from enclosing scopes: those its nodes,

@@ -69,10 +69,8 @@ class GraphRunner:
                 for name, t in graph.initializers.items()}
         self.constants = {name: t.to(device) for name, t in host.items()}
         order = graph.topological_order()
-        last_use: dict[str, int] = {}
-        for i, nid in enumerate(order):
-            for name in graph.reads(nid):
-                last_use[name] = i
+        reads = [graph.reads(nid) for nid in order]
+        last_use = {name: i for i, names in enumerate(reads) for name in names}
         keep = set(graph.outputs) | set(self.constants)
         donate = {n for n in donate if n in graph.inputs and n not in keep}
         self.subrunners: dict[int, GraphRunner] = {}  # id(subgraph) -> its plan
@@ -81,9 +79,11 @@ class GraphRunner:
             node = graph.node(nid)
             opset = opsets.get("" if node.domain == "ai.onnx" else node.domain, 1)
             impl = lookup(node.domain, node.op_type, opset)
-            frees = tuple(n for n in graph.reads(nid) if last_use.get(n) == i and n not in keep)
+            frees = tuple(n for n in reads[i] if last_use[n] == i and n not in keep)
             ctx = op_context(node, opset)
-            ctx = replace(ctx, donated=_donations(graph, nid, i, last_use, donate))
+            donated = _donations(graph, nid, i, last_use, donate) if donate else frozenset()
+            if donated:
+                ctx = replace(ctx, donated=donated)
             host_args = tuple((j, host[name]) for j, name in enumerate(node.inputs)
                               if j in host_inputs(node.domain, node.op_type) and name in host)
             subs = node.subgraphs()
