@@ -3,11 +3,12 @@
 Nodes are integer ids in ``Graph.nx`` (a ``networkx.DiGraph``); an edge ``a -> b`` means a
 value produced by ``a`` is read by ``b``, directly or from inside one of ``b``'s subgraphs
 (an ``If`` branch, a ``Loop``/``Scan`` body): a node's *implicit inputs*, the enclosing-scope
-names its subgraphs read, count as its reads everywhere (uses, order, liveness). Values are
-referred to by name; graph inputs, initializers and values of an enclosing graph have no
-producer. The graph keeps every node's
-original position so a topological order stays as close to the source order as possible,
-which makes ONNX -> IR -> ONNX round trips byte-identical.
+names its subgraphs read, count as its reads everywhere (uses, order, liveness). A node's
+subgraphs are complete when it is added; the enclosing graph's edits rename inside them.
+Values are referred to by name; graph inputs, initializers and values of an enclosing graph
+have no producer. The graph keeps every node's original position so a topological order
+stays as close to the source order as possible, which makes ONNX -> IR -> ONNX round trips
+byte-identical.
 """
 
 from __future__ import annotations
@@ -187,8 +188,8 @@ class Graph:
         return [n for n in dict.fromkeys(inputs if implicit is None else [*inputs, *implicit]) if n]
 
     def outer_reads(self) -> list[str]:
-        """The names this graph (as a subgraph) reads from enclosing scopes: those its nodes,
-        and their subgraphs read that it does not define, in first-use order."""
+        """The names this graph (as a subgraph) reads from enclosing scopes: what its nodes
+        (their subgraphs included) read that it does not define, in first-use order."""
         own = self._own_names()
         return [name for name, users in self._uses.items() if users and name not in own]
 
