@@ -1,10 +1,14 @@
 """The IR: a networkx DiGraph of op nodes with typed values, initializers and subgraphs.
 
 Nodes are integer ids in ``Graph.nx`` (a ``networkx.DiGraph``); an edge ``a -> b`` means a
-value produced by ``a`` is read by ``b``. Values are referred to by name; graph inputs,
-initializers and values of an enclosing graph have no producer. The graph keeps every node's
-original position so a topological order stays as close to the source order as possible,
-which makes ONNX -> IR -> ONNX round trips byte-identical.
+value produced by ``a`` is read by ``b``, directly or from inside one of ``b``'s subgraphs
+(an ``If`` branch, a ``Loop``/``Scan`` body): a node's *implicit inputs*, the enclosing-scope
+names its subgraphs read, count as its reads everywhere (uses, order, liveness). A node's
+subgraphs are complete when it is added; the enclosing graph's edits rename inside them.
+Values are referred to by name; graph inputs, initializers and values of an enclosing graph
+have no producer. The graph keeps every node's original position so a topological order
+stays as close to the source order as possible, which makes ONNX -> IR -> ONNX round trips
+byte-identical.
 """
 
 from __future__ import annotations
@@ -87,14 +91,18 @@ class Node:
         return a.value
 
     def attrs_have_graph(self) -> bool:
-        return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for a in self.attrs.values())
+        return bool(self.subgraphs())
+
+    def subgraphs(self) -> list[Graph]:
+        """The graphs of its GRAPH and GRAPHS attributes, in attribute order."""
+        return [sub for a in self.attrs.values() if a.type in _GRAPH_KINDS for sub in _subgraphs(a)]
 
     @property
     def qualified_op(self) -> str:
         return f"{self.domain}::{self.op_type}" if self.domain not in ("", "ai.onnx") else self.op_type
 
 
+_GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ATTR_KINDS: dict[type, int] = {
     float: onnx.AttributeProto.FLOAT,
     int: onnx.AttributeProto.INT,
@@ -138,6 +146,9 @@ class Graph:
         self.nx: nx.DiGraph = nx.DiGraph()
         self._producer: dict[str, int] = {}
         self._uses: dict[str, dict[int, None]] = {}
+        self._implicit: dict[int, tuple[str, ...]] = {}  # node -> outer names its subgraphs read
+        self._inner_names: set[str] = set()  # names defined inside subgraphs of nodes
+        self._name_counters: dict[str, int] = {}  # fresh_name: next suffix to try per hint
         self._ids = itertools.count()
         self._const_cache: dict[str, np.ndarray] = {}
         self._shared_consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
@@ -163,7 +174,32 @@ class Graph:
         return None if nid is None else self.node(nid)
 
     def consumers(self, value: str) -> list[int]:
+        """The nodes reading ``value``, directly or from inside their subgraphs."""
         return list(self._uses.get(value, ()))
+
+    def implicit_inputs(self, nid: int) -> tuple[str, ...]:
+        """The enclosing-scope names node ``nid``'s subgraphs read (recursively), in order."""
+        return self._implicit.get(nid, ())
+
+    def reads(self, nid: int) -> list[str]:
+        """Every name node ``nid`` reads: its inputs (no "") then its implicit inputs, once each."""
+        inputs = self.node(nid).inputs
+        implicit = self._implicit.get(nid)
+        return [n for n in dict.fromkeys(inputs if implicit is None else [*inputs, *implicit]) if n]
+
+    def outer_reads(self) -> list[str]:
+        """The names this graph (as a subgraph) reads from enclosing scopes: what its nodes
+        (their subgraphs included) read that it does not define, in first-use order."""
+        own = self._own_names()
+        return [name for name, users in self._uses.items() if users and name not in own]
+
+    def defined_names(self) -> set[str]:
+        """Every name this graph and its subgraphs define (inputs, initializers, node outputs)."""
+        return self._own_names() | self._inner_names
+
+    def _own_names(self) -> set[str]:
+        names = set(self.inputs) | set(self.initializers) | set(self._producer)
+        return names | {s.values.name for s in self.sparse_initializers}
 
     def is_graph_output(self, value: str) -> bool:
         return value in self._output_set
@@ -220,16 +256,29 @@ class Graph:
         for name in node.inputs:
             if name:
                 self._add_use(name, nid)
+        self._track_subgraphs(nid)
         return nid
+
+    def _track_subgraphs(self, nid: int) -> None:
+        """Record node ``nid``'s implicit inputs as uses, and the names its subgraphs define."""
+        subs = self.node(nid).subgraphs()
+        if not subs:
+            return
+        implicit = tuple(dict.fromkeys(n for sub in subs for n in sub.outer_reads()))
+        self._implicit[nid] = implicit
+        for name in implicit:
+            self._add_use(name, nid)
+        for sub in subs:
+            self._inner_names |= sub.defined_names()
 
     def position(self, nid: int) -> float:
         return self.nx.nodes[nid]["pos"]
 
     def remove_node(self, nid: int) -> None:
         node = self.node(nid)
-        for name in node.inputs:
-            if name:
-                self._uses.get(name, {}).pop(nid, None)
+        for name in self.reads(nid):
+            self._uses.get(name, {}).pop(nid, None)
+        self._implicit.pop(nid, None)
         for out in node.outputs:
             if out and self._producer.get(out) == nid:
                 del self._producer[out]
@@ -245,26 +294,48 @@ class Graph:
         node = self.node(nid)
         old = node.inputs[index]
         node.inputs[index] = name
-        if old and old not in node.inputs:
-            self._uses.get(old, {}).pop(nid, None)
-            src = self._producer.get(old)
-            if src is not None and not any(o in node.inputs for o in self.node(src).outputs):
-                self.nx.remove_edge(src, nid)
+        if old:
+            self._drop_use_if_unread(old, nid)
         if name:
             self._add_use(name, nid)
 
+    def _drop_use_if_unread(self, name: str, nid: int) -> None:
+        """Forget that node ``nid`` reads ``name`` (and the edge from its producer) once it
+        no longer does."""
+        reads = self.reads(nid)
+        if name in reads:
+            return
+        self._uses.get(name, {}).pop(nid, None)
+        src = self._producer.get(name)
+        if src is not None and not any(o in reads for o in self.node(src).outputs):
+            self.nx.remove_edge(src, nid)
+
     def replace_all_uses(self, old: str, new: str) -> None:
-        """Redirect every reader of ``old`` (nodes and graph outputs) to ``new``."""
+        """Redirect every reader of ``old`` (nodes, their subgraphs and graph outputs) to ``new``."""
         for nid in list(self._uses.get(old, ())):
             node = self.node(nid)
             for i, name in enumerate(node.inputs):
                 if name == old:
                     self.set_input(nid, i, new)
+            if old in self.implicit_inputs(nid):
+                self._rename_outer(nid, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
+
+    def _rename_outer(self, nid: int, old: str, new: str) -> None:
+        """Make node ``nid``'s subgraphs read the enclosing-scope value ``new`` where they read
+        ``old`` (a subgraph that defines ``old`` itself keeps it)."""
+        subs = self.node(nid).subgraphs()
+        for sub in subs:
+            if old not in sub._own_names():
+                sub.replace_all_uses(old, new)
+        self._implicit[nid] = tuple(dict.fromkeys(n for sub in subs for n in sub.outer_reads()))
+        self._drop_use_if_unread(old, nid)
+        if new in self._implicit[nid]:
+            self._add_use(new, nid)
 
     def rename_value(self, old: str, new: str) -> None:
         """Give the value ``old`` (produced by a node) the unused name ``new`` everywhere."""
-        if new in self._producer or new in self.initializers or new in self.inputs:
+        if self._taken(new):
             raise GraphError(f"cannot rename {old!r} to {new!r}: the name is taken")
         nid = self._producer.pop(old)
         node = self.node(nid)
@@ -275,6 +346,8 @@ class Graph:
         for user in uses:
             unode = self.node(user)
             unode.inputs = [new if i == old else i for i in unode.inputs]
+            if old in self.implicit_inputs(user):
+                self._rename_outer(user, old, new)
         self.outputs = [new if o == old else o for o in self.outputs]
         val = self.values.pop(old, None)
         if val is not None:
@@ -307,23 +380,31 @@ class Graph:
         return True
 
     def fresh_name(self, hint: str) -> str:
-        """A value/node name not used in this graph."""
+        """A value/node name not used in this graph or its subgraphs: ``hint``, else ``hint_K``
+        for the next K not tried for this hint (amortized constant time per call)."""
         base = hint or "v"
-        name, k = base, 0
-        while name in self.values or name in self._producer or name in self.initializers:
+        k = self._name_counters.get(base, 0)
+        name = f"{base}_{k}" if k else base
+        while name in self.values or self._taken(name):
             k += 1
             name = f"{base}_{k}"
+        self._name_counters[base] = k + 1
         self.values[name] = Value(name)
         return name
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         """Add a constant tensor; returns its (possibly uniquified) name."""
-        if name in self.initializers or name in self._producer or name in self.inputs:
+        if self._taken(name):
             name = self.fresh_name(name)
         self.initializers[name] = numpy_helper.from_array(np.asarray(array), name)
         self.values[name] = Value(name, _elem_type(np.asarray(array)), tuple(np.shape(array)))
         self._const_cache.pop(name, None)
         return name
+
+    def _taken(self, name: str) -> bool:
+        """Whether ``name`` is defined here (input, initializer, node output) or in a subgraph."""
+        return name in self._producer or name in self.initializers or name in self._inner_names \
+            or name in self.inputs
 
     def constant(self, array: np.ndarray, hint: str = "const") -> str:
         """An initializer holding ``array``, shared with an identical one made before."""
@@ -356,20 +437,25 @@ class Graph:
             yield nid, self.node(nid)
 
     def check(self, outer_scope: Iterable[str] = ()) -> None:
-        """Raise GraphError on a dangling input or output name or on a cycle."""
-        known = set(self.inputs) | set(self.initializers) | set(outer_scope)
-        known |= {s.values.name for s in self.sparse_initializers}
+        """Raise GraphError on a dangling input or output name or on a cycle, here and in every
+        subgraph (which sees ``outer_scope``, the names its enclosing graphs define before it
+        but may not pass one of them straight out as an output, as onnx and onnxruntime say)."""
+        own = set(self.inputs) | set(self.initializers) | {s.values.name for s in self.sparse_initializers}
+        known = own | set(outer_scope)
         for _, node in self.nodes():
             for name in node.inputs:
                 if name and name not in known:
                     raise GraphError(
                         f"node {node.name or node.op_type} reads {name!r}, which nothing produces"
                     )
+            own.update(o for o in node.outputs if o)
             known.update(o for o in node.outputs if o)
-            for attr in node.attrs.values():
-                for sub in _subgraphs(attr):
-                    sub.check(known)
+            for sub in node.subgraphs():
+                sub.check(known)
         for out in self.outputs:
+            if out in known and out not in own:
+                raise GraphError(f"subgraph {self.name!r} outputs {out!r} of an enclosing graph",
+                                 fix="put an Identity node between them")
             if out not in known:
                 raise GraphError(f"graph output {out!r} is not produced")
 

@@ -60,7 +60,8 @@ class ComposeTransposes:
 
 
 def dead_code_elimination(g: Graph) -> int:
-    """Remove nodes none of whose outputs is read or is a graph output; returns the count."""
+    """Remove nodes none of whose outputs is read (by a node or inside its subgraphs) or is a
+    graph output, then initializers nothing reads; returns the count of nodes removed."""
     removed = 0
     for nid in reversed(g.topological_order()):
         node = g.node(nid)
@@ -70,7 +71,7 @@ def dead_code_elimination(g: Graph) -> int:
             continue
         g.remove_node(nid)
         removed += 1
-    live = {i for _, n in g.nodes() for i in n.inputs} | set(g.outputs)
+    live = {name for nid in g.node_ids() for name in g.reads(nid)} | set(g.outputs)
     for name in [n for n in g.initializers if n not in live]:
         del g.initializers[name]
     g.value_info = [v for v in g.value_info if v in live or g.producer(v) is not None]

@@ -1,7 +1,10 @@
 """Execute an IR graph with torch on CPU or CUDA.
 
-The plan (topological order, implementations, attribute decoding, last uses) is built once;
-``run`` then only moves tensors. Intermediate tensors are freed after their last reader.
+The plan (topological order, implementations, attribute decoding, last uses) is built once,
+for every subgraph too; ``run`` then only moves tensors. Intermediate tensors are freed after
+their last reader, a node whose subgraphs read a value counting as one (implicit inputs). An
+op with subgraphs (If, Loop, Scan) runs them through ``OpContext.run_subgraph(graph, inputs)``,
+which sees the enclosing scopes' values its subgraphs read.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class _Step:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     frees: tuple[str, ...]
+    implicit: tuple[str, ...] | None  # enclosing-scope names its subgraphs read; None: no subgraphs
     host_args: tuple[tuple[int, torch.Tensor], ...] = ()  # (position, host copy of a constant)
     name: str = ""
     op: str = ""
@@ -45,7 +49,8 @@ def _donations(graph: Graph, nid: int, position: int, last_use: Mapping[str, int
     node = graph.node(nid)
     out = set()
     for j, name in enumerate(node.inputs):
-        if name not in donate or node.inputs.count(name) != 1 or last_use.get(name) != position:
+        if name not in donate or node.inputs.count(name) != 1 or last_use.get(name) != position \
+                or name in graph.implicit_inputs(nid):
             continue
         others = [graph.node(c) for c in graph.consumers(name) if c != nid]
         if all(o.op_type in _COPYING_OPS and o.domain in ("", "ai.onnx") for o in others):
@@ -64,33 +69,41 @@ class GraphRunner:
                 for name, t in graph.initializers.items()}
         self.constants = {name: t.to(device) for name, t in host.items()}
         order = graph.topological_order()
-        last_use: dict[str, int] = {}
-        for i, nid in enumerate(order):
-            for name in graph.node(nid).inputs:
-                last_use[name] = i
+        reads = [graph.reads(nid) for nid in order]
+        last_use = {name: i for i, names in enumerate(reads) for name in names}
         keep = set(graph.outputs) | set(self.constants)
         donate = {n for n in donate if n in graph.inputs and n not in keep}
+        self.subrunners: dict[int, GraphRunner] = {}  # id(subgraph) -> its plan
         steps = []
         for i, nid in enumerate(order):
             node = graph.node(nid)
             opset = opsets.get("" if node.domain == "ai.onnx" else node.domain, 1)
             impl = lookup(node.domain, node.op_type, opset)
-            frees = tuple(n for n in dict.fromkeys(node.inputs)
-                          if n and last_use.get(n) == i and n not in keep)
-            ctx = op_context(node, opset, self._subgraph_runner(opsets))
-            ctx = replace(ctx, donated=_donations(graph, nid, i, last_use, donate))
+            frees = tuple(n for n in reads[i] if last_use[n] == i and n not in keep)
+            ctx = op_context(node, opset)
+            donated = _donations(graph, nid, i, last_use, donate) if donate else frozenset()
+            if donated:
+                ctx = replace(ctx, donated=donated)
             host_args = tuple((j, host[name]) for j, name in enumerate(node.inputs)
                               if j in host_inputs(node.domain, node.op_type) and name in host)
+            subs = node.subgraphs()
+            for sub in subs:
+                self.subrunners[id(sub)] = GraphRunner(sub, opsets, device)
             steps.append(_Step(impl, ctx, tuple(node.inputs), tuple(node.outputs), frees,
+                               graph.implicit_inputs(nid) if subs else None,
                                host_args if device.type != "cpu" else (), node.name or f"#{nid}",
                                node.qualified_op))
         self.steps = steps
 
-    def _subgraph_runner(self, opsets: Mapping[str, int]):
-        def run_subgraph(graph: Graph, inputs: list[torch.Tensor], outer: Mapping[str, torch.Tensor]):
-            runner = GraphRunner(graph, opsets, self.device)
-            return runner.run(dict(zip(graph.inputs, inputs)), outer)
-        return run_subgraph
+    def _with_scope(self, step: _Step, env: Mapping[str, torch.Tensor]) -> OpContext:
+        """``step``'s context whose ``run_subgraph`` runs a subgraph of its node seeing the values
+        of ``env`` the subgraphs read."""
+        outer = {name: env[name] for name in step.implicit or ()}
+
+        def run_subgraph(graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+            return self.subrunners[id(graph)].run(dict(zip(graph.inputs, inputs)), outer)
+
+        return replace(step.ctx, run_subgraph=run_subgraph)
 
     def run(
         self, feeds: Mapping[str, torch.Tensor], outer: Mapping[str, torch.Tensor] | None = None
@@ -102,8 +115,9 @@ class GraphRunner:
             args = [env[n] if n else None for n in step.inputs]
             for j, value in step.host_args:
                 args[j] = value
+            ctx = step.ctx if step.implicit is None else self._with_scope(step, env)
             try:
-                outs = step.impl(step.ctx, args)
+                outs = step.impl(ctx, args)
             except GdncError:
                 raise
             except (RuntimeError, IndexError, ValueError, TypeError, MemoryError) as exc:
@@ -137,7 +151,7 @@ class Executor:
     def _feed(self, name: str, value: np.ndarray | torch.Tensor) -> torch.Tensor:
         spec = self.model.graph.value(name)
         tensor = torch.as_tensor(value).to(self.device) if isinstance(value, torch.Tensor) \
-            else torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+            else torch.from_numpy(np.require(value, requirements="C")).to(self.device)  # keeps rank 0
         if spec.dtype and torch_dtype(spec.dtype) != tensor.dtype:
             raise InputError(
                 f"input {name!r}: dtype {tensor.dtype} given, the model wants {torch_dtype(spec.dtype)}")

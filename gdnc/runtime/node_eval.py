@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,9 +28,8 @@ def _decode(a: Attr) -> Any:
     return a.value
 
 
-def op_context(
-    node: Node, opset: int, run_subgraph: Callable[..., list[torch.Tensor]] | None = None
-) -> OpContext:
+def op_context(node: Node, opset: int) -> OpContext:
+    """The context ``node`` runs in (``run_subgraph`` is bound by the executor per run)."""
     return OpContext(
         op_type=node.op_type,
         domain=node.domain,
@@ -39,7 +37,6 @@ def op_context(
         opset=opset,
         num_outputs=len(node.outputs),
         node_name=node.name,
-        run_subgraph=run_subgraph,
     )
 
 

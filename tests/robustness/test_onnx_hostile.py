@@ -363,6 +363,7 @@ SUBGRAPH_CASES: dict[str, tuple[onnx.ModelProto, str | None]] = {
                                         "'ghost', which nothing produces"),
     "If branch output not produced": (_if_model([helper.make_node("Abs", ["x"], ["t"])], "u"),
                                       "'u' is not produced"),
+    "If branch outputs an outer value": (_if_model([], "x"), "'x' of an enclosing graph"),
     "If branch has a cycle": (_if_model([helper.make_node("Abs", ["b"], ["a"]),
                                          helper.make_node("Abs", ["a"], ["b"])], "b"), "cycle"),
     "Loop body reads the outer scope": (_loop_model("x"), None),

@@ -117,11 +117,8 @@ def _fused_nodes(graph: Graph, outer: list[Graph]) -> Iterator[tuple[Node, list[
     for _, node in graph.nodes():
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
             yield node, scopes
-        for attr in node.attrs.values():
-            subs = attr.value if attr.type == onnx.AttributeProto.GRAPHS else [attr.value]
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                for sub in subs:
-                    yield from _fused_nodes(sub, scopes)
+        for sub in node.subgraphs():
+            yield from _fused_nodes(sub, scopes)
 
 
 def _value_info(scopes: list[Graph], name: str) -> tuple[int | None, int]:

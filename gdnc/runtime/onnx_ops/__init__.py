@@ -5,10 +5,11 @@ Importing this package registers every op with :mod:`gdnc.runtime.registry`.
 
 from __future__ import annotations
 
-from gdnc.runtime.onnx_ops import elementwise, indexing, nn, reduce, shape_ops
+from gdnc.runtime.onnx_ops import control_flow, elementwise, indexing, nn, reduce, shape_ops
 from gdnc.runtime.onnx_ops.dtypes import onnx_elem_type, torch_dtype
 
 __all__ = [
+    "control_flow",
     "elementwise",
     "indexing",
     "nn",
