@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from gdnc.errors import GdncWarning
 from gdnc.runtime import memory
 from gdnc.runtime.batch_plan import Limits, Piece, plan_runs, score_elements
+from gdnc.runtime.generation import Request, Scheduler
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, context_bytes
 from tests.frontends.test_gguf_models import ARCHS, gguf_path
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
@@ -171,6 +172,25 @@ def test_default_runs_split_a_long_prompt_and_match_one_shot(fixtures):
         model.limits = Limits()
     for a, b in zip(whole, chunked):
         assert float((a - b).abs().max()) <= 1e-5, f"seed {seed}"
+
+
+def test_the_scheduler_feeds_a_long_prompt_in_chunks_by_default(fixtures):
+    """``gdnc run``'s scheduler: a 1200-token prompt goes 512 tokens a step (the model's chunk),
+    so a short request beside it decodes between the chunks, with the tokens it makes alone."""
+    model = fixtures["qwen35moe"]
+    seed = int(np.random.default_rng().integers(1 << 30))
+    rng = np.random.default_rng(seed)
+    long, short = (tuple(int(t) for t in rng.integers(0, 384, n)) for n in (1200, 5))
+    sched = Scheduler(model, 2, n_ctx=1210)
+    ids = [sched.submit(Request(p, n, stop_at_eos=False)) for p, n in ((long, 3), (short, 4))]
+    fed = []
+    while not sched.done:
+        sched.step()
+        fed.append((sched.sequences[ids[0]].fed, len(sched.sequences[ids[1]].generated)))
+    assert fed[:4] == [(512, 1), (1024, 2), (1200, 3), (1200, 4)], f"seed {seed}"
+    alone = Scheduler(model, 1, n_ctx=10)
+    alone.submit(Request(short, 4, stop_at_eos=False))
+    assert alone.run()[0].generated == sched.sequences[ids[1]].generated, f"seed {seed}"
 
 
 # ------------------------------------------------------------------ a context that cannot fit
