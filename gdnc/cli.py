@@ -6,6 +6,7 @@ options without evaluating any source text at run time."""
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from gdnc import interrupt, progress
-from gdnc.errors import GdncError
+from gdnc.errors import GdncError, GdncWarning
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fuse per-token Gated DeltaNet subgraphs into one op, and run them.")
@@ -393,8 +394,19 @@ def _usage_errors() -> tuple[type, ...]:
 
 
 def main() -> None:
-    """Console entry point: one red line and exit code 1 for any gdnc error."""
-    with interrupt.recording():
+    """Console entry point: one red line and exit code 1 for any gdnc error; one line for
+    each gdnc warning."""
+    with interrupt.recording(), warnings.catch_warnings():
+        warnings.simplefilter("always", GdncWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs) -> None:  # noqa: ANN001 - warnings' signature
+            if issubclass(category, GdncWarning):
+                err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
         _main()
 
 

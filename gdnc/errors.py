@@ -59,3 +59,8 @@ class InputError(GdncError):
 
 class GenerationError(GdncError):
     """A sequence failed while generating (non-finite logits); any others completed."""
+
+
+class GdncWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints it as one
+    ``warning: ...`` line)."""

@@ -58,7 +58,8 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
         raise InputError("give at least one prompt: -p TEXT")
     if opts.n_new < 1:
         raise InputError(f"-n must be >= 1, got {opts.n_new}")
-    model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device)
+    model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device,
+                        prefill_chunk=opts.prefill_chunk)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
     ids = [tokenizer.encode(p) for p in opts.prompts]
     for text, toks in zip(opts.prompts, ids):
@@ -68,7 +69,7 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     if opts.parallel is not None and opts.parallel < 1:
         raise InputError(f"--parallel must be >= 1, got {opts.parallel}")
     parallel = min(opts.parallel or len(ids), len(ids))
-    sched = Scheduler(model, parallel, n_ctx=ctx, prefill_chunk=opts.prefill_chunk, eos_id=tokenizer.eos_id)
+    sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
     for i, toks in enumerate(ids):
         sched.submit(Request(tuple(toks), opts.n_new, opts.temperature, opts.seed + i))
     if model.fused:

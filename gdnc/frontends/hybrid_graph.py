@@ -14,7 +14,10 @@ do), so a fused graph serves every composition once ``gdnc.passes.composition`` 
 its ``cu_seqlens`` constant into an input.
 
 Attention runs per sequence over the keys of its own slot only (padded to [N, Lq, S]), so a
-non-finite value in one sequence's cache never reaches another's softmax.
+non-finite value in one sequence's cache never reaches another's softmax. Query j of sequence n
+sees cache position s when s <= its position: the graph derives that bool mask [N, 1, Lq, S]
+from ``positions`` (no mask input), and the runtime bounds Lq x S per batch by feeding long
+prompts in chunks (``gdnc.runtime.batch_plan``).
 
 Inputs (P pool slots, C conv kernel, n_ctx cache positions per slot):
 
@@ -32,7 +35,6 @@ q_rows                [N, Lq] int64               token row of sequence n's j-th
                                                   the longest T_n; padding repeats a row of n)
 kv_read               [N, S] int64                flat cache rows slot*n_ctx + position of n's
                                                   keys (S = most keys; padding: n's position 0)
-kv_mask               [N, Lq, S] float32          0 where query j of n sees key s, -inf else
 o_rows                [T] int64                   row n*Lq + j of the [N*Lq] attention output
                                                   holding each token
 logit_rows            [O] int64                   the token rows whose logits are wanted
@@ -61,7 +63,7 @@ L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
 # the batch inputs and the symbol of their leading dim (per token, per sequence, other)
 BATCH_INPUTS = {"tokens": "T", "positions": "T", "state_slots": "N", "conv_rows": "T",
                 "conv_state_rows": "N", "kv_write": "T", "q_rows": "N", "kv_read": "N",
-                "kv_mask": "N", "o_rows": "T", "logit_rows": "O"}
+                "o_rows": "T", "logit_rows": "O"}
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,16 @@ def _rope_angles(e: Emit, c: HybridConfig) -> tuple[str, str]:
     return e.op("Cos", ang), e.op("Sin", ang)
 
 
+def _hidden_keys(e: Emit) -> str:
+    """bool [N, 1, Lq, S]: key s is after query j of sequence n (its position is larger)."""
+    q_pos = e.op("Gather", "positions", "q_rows", axis=0)  # [N, Lq]
+    n_keys = e.op("Squeeze", e.op("Shape", "kv_read", start=1, end=2), e.const([0]))
+    key_pos = e.op("Range", e.const(0), n_keys, e.const(1))  # [S]
+    return e.op("Less", e.unsqueeze(e.unsqueeze(q_pos, 1), 3), key_pos)
+
+
 def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
-                     angles: tuple[str, str]) -> str:
+                     angles: tuple[str, str], hidden: str) -> str:
     E, nh, nkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
     qg = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_q.weight", 2 * nh * hd, E), f"blk.{i}.attn_q"),
                    [-1, nh, 2 * hd])
@@ -248,7 +258,7 @@ def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
     qb = e.op("Transpose", e.op("Gather", q, "q_rows", axis=0), perm=[0, 2, 1, 3])  # [N, nh, Lq, hd]
     scores = e.op("MatMul", qb, e.op("Transpose", kf, perm=[0, 2, 3, 1]))
     scores = e.op("Mul", scores, e.const(hd ** -0.5, np.float32))  # [N, nh, Lq, S]
-    probs = e.op("Softmax", e.op("Add", scores, e.unsqueeze("kv_mask", 1)), axis=-1)
+    probs = e.op("Softmax", e.op("Where", hidden, e.const(-np.inf, np.float32), scores), axis=-1)
     o = e.op("MatMul", probs, e.op("Transpose", vf, perm=[0, 2, 1, 3]))  # [N, nh, Lq, hd]
     o = e.op("Reshape", e.op("Transpose", o, perm=[0, 2, 1, 3]), e.const([-1, nh, hd]))
     o = e.op("Mul", e.op("Gather", o, "o_rows", axis=0), e.op("Sigmoid", gate))  # [T, nh, hd]
@@ -299,10 +309,10 @@ def _batch_inputs(e: Emit, c: HybridConfig, comp: Composition) -> None:
     shapes: dict[str, list[int | str]] = {
         "tokens": [T], "positions": [T], "state_slots": [N], "conv_rows": [T, C],
         "conv_state_rows": [N, C - 1], "kv_write": [T, 2], "q_rows": [N, "Lq"], "kv_read": [N, "S"],
-        "kv_mask": [N, "Lq", "S"], "o_rows": [T], "logit_rows": ["O"],
+        "o_rows": [T], "logit_rows": ["O"],
     }
     for name in BATCH_INPUTS:
-        e.input(name, FLOAT if name == "kv_mask" else INT64, shapes[name])
+        e.input(name, INT64, shapes[name])
 
 
 def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = None) -> Model:
@@ -315,7 +325,7 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
     _batch_inputs(e, c, comp)
     x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), "tokens",
              axis=0)
-    angles = _rope_angles(e, c) if not all(c.recurrent) else ("", "")
+    angles, hidden = (_rope_angles(e, c), _hidden_keys(e)) if not all(c.recurrent) else (("", ""), "")
     for i in progress.track(range(c.n_layer), f"building graph: {len(comp.lengths)} sequence(s), "
                                                  f"{comp.n_tokens} tokens"):
         e.prefix = f"l{i}_"
@@ -323,7 +333,7 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
         if c.recurrent[i]:
             y = _recurrent_layer(e, w, c, h, i, comp)
         else:
-            y = _attention_layer(e, w, c, h, i, angles)
+            y = _attention_layer(e, w, c, h, i, angles, hidden)
         x = e.op("Add", x, y)
         h = e.rms_norm(x, w(f"blk.{i}.post_attention_norm.weight", c.n_embd), c.eps,
                        f"blk.{i}.post_attention_norm")

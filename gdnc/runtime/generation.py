@@ -1,7 +1,8 @@
 """Serve many sequences at once: a scheduler over a ``HybridModel`` and its ``StatePool``.
 
-Every ``step()`` runs ONE batch that mixes prefill (a newly admitted sequence's prompt, whole
-or in chunks of ``prefill_chunk``) and decode (one token of every other running sequence).
+Every ``step()`` runs ONE batch that mixes prefill (a newly admitted sequence's prompt, in
+chunks of ``prefill_chunk``, by default the model's) and decode (one token of every other
+running sequence).
 A sequence gets a pool slot when it is admitted and gives it back when it finishes (token
 budget, EOS, context full), fails or is cancelled; a live sequence never loses its slot.
 Requests beyond the free slots wait in arrival order; with ``max_waiting`` set, a request
@@ -52,12 +53,11 @@ class Sequence:
     fed: int = 0  # prompt tokens already run
     rng: torch.Generator | None = None
 
-    def pending(self, chunk: int | None) -> tuple[int, ...]:
+    def pending(self, chunk: int) -> tuple[int, ...]:
         """The tokens this sequence feeds in the next batch."""
         prompt = self.request.prompt
         if self.fed < len(prompt):
-            end = len(prompt) if chunk is None else min(len(prompt), self.fed + chunk)
-            return prompt[self.fed:end]
+            return prompt[self.fed:self.fed + chunk]
         return (self.generated[-1],)
 
 
@@ -89,7 +89,8 @@ class Scheduler:
             raise InputError(f"prefill chunk must be >= 1, got {prefill_chunk}")
         if max_waiting is not None and max_waiting < 0:
             raise InputError(f"max_waiting must be >= 0, got {max_waiting}")
-        self.model, self.chunk, self.eos_id = model, prefill_chunk, eos_id
+        self.model, self.eos_id = model, eos_id
+        self.chunk = prefill_chunk or model.limits.chunk
         self.max_waiting = max_waiting
         self.pool = model.new_pool(parallel, n_ctx)
         self.sequences: list[Sequence] = []

@@ -5,26 +5,32 @@ batch, its sequence layout lifted to an input) and serves every batch; unfused g
 batch's token counts and are built per composition, kept in an LRU cache. ``StatePool``
 owns the tensors that outlive a call (delta-net states, conv states, KV caches: one slot
 per sequence) and the slot allocator. ``HybridModel.forward(pool, batch)`` runs one mixed
-prefill/decode batch: it computes the index inputs of ``hybrid_graph`` and swaps the
-updated pools in.
+prefill/decode batch: it splits the batch into runs of bounded size (``batch_plan``: long
+prompts go in chunks), computes each run's index inputs of ``hybrid_graph`` and swaps the
+updated pools in. ``new_pool`` refuses, before allocating, a context whose pools and runs need
+more memory than the device has available (``memory``), and warns of one beyond the context
+the model was trained on (as llama.cpp does).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from gdnc.errors import InputError, RewriteError
+from gdnc.errors import GdncWarning, InputError, RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
 from gdnc.frontends.hybrid_graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.ir.graph import Model
 from gdnc.passes.composition import CU_SEQLENS, lift_sequence_layout
 from gdnc.passes.pipeline import fuse_model
+from gdnc.runtime import memory
+from gdnc.runtime.batch_plan import DEFAULT_CHUNK, Limits, max_score_elements, plan_runs
 from gdnc.runtime.executor import Executor
 
 CACHED_UNFUSED = 16
@@ -58,6 +64,35 @@ class PoolFullError(InputError):
     """Every slot of the state pool holds a live sequence."""
 
 
+def pool_shapes(cfg: HybridConfig, slots: int, n_ctx: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of a state pool (``StatePool``), by input name."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, rec in enumerate(cfg.recurrent):
+        if rec:
+            shapes[f"ssm_state.{i}"] = (slots, cfg.n_v_heads, cfg.k_dim, cfg.v_dim)
+            shapes[f"conv_state.{i}"] = (slots, cfg.conv_kernel - 1, cfg.conv_channels)
+        else:
+            for name in ("k_cache", "v_cache"):
+                shapes[f"{name}.{i}"] = (slots, n_ctx, cfg.n_head_kv, cfg.head_dim)
+    return shapes
+
+
+def context_bytes(cfg: HybridConfig, slots: int, n_ctx: int, limits: Limits, kept_logits: int = 0
+                  ) -> dict[str, int]:
+    """Bytes (float32) for ``slots`` sequences of context ``n_ctx``: the pools, the largest run
+    ``limits`` allow (a few live tensors as wide as the widest per-token layer; the attention
+    scores, their mask and the keys and values gathered per sequence) and ``kept_logits`` rows
+    of logits kept by the caller."""
+    pools = sum(math.prod(s) for s in pool_shapes(cfg, slots, n_ctx).values())
+    width = max(cfg.n_embd, cfg.conv_channels, cfg.n_ff, cfg.n_expert * cfg.n_ff_exp, cfg.n_vocab)
+    run = 3 * slots * min(limits.chunk, n_ctx) * width
+    if not all(cfg.recurrent):
+        run += 3 * max_score_elements(slots, n_ctx, cfg.n_head, limits)
+        run += 4 * slots * n_ctx * cfg.n_head * cfg.head_dim
+    return {"KV cache and states": 4 * pools, "one batch": 4 * run,
+            "logits": 4 * kept_logits * cfg.n_vocab}
+
+
 class StatePool:
     """Pools of per-sequence state, ``slots`` rows each, and which slot holds what.
 
@@ -70,14 +105,7 @@ class StatePool:
         if slots < 1 or n_ctx < 1:
             raise InputError(f"state pool: need >= 1 slot and context >= 1 (got {slots}, {n_ctx})")
         self.slots, self.n_ctx = slots, n_ctx
-        shapes: dict[str, tuple[int, ...]] = {}
-        for i, rec in enumerate(cfg.recurrent):
-            if rec:
-                shapes[f"ssm_state.{i}"] = (slots, cfg.n_v_heads, cfg.k_dim, cfg.v_dim)
-                shapes[f"conv_state.{i}"] = (slots, cfg.conv_kernel - 1, cfg.conv_channels)
-            else:
-                for name in ("k_cache", "v_cache"):
-                    shapes[f"{name}.{i}"] = (slots, n_ctx, cfg.n_head_kv, cfg.head_dim)
+        shapes = pool_shapes(cfg, slots, n_ctx)
         try:
             self.tensors = {name: torch.zeros(shape, device=device) for name, shape in shapes.items()}
         except (RuntimeError, MemoryError) as exc:
@@ -133,11 +161,11 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
     positions = past[seq] + offset
     lens = np.asarray(lengths)
     # attention, padded per sequence: query j of n is token row cu[n] + j (padding repeats n's
-    # last token), key s is n's cache position s (padding reads n's position 0, masked)
+    # last token), key s is n's cache position s (padding reads n's position 0, hidden: the
+    # graph hides keys after a query's position)
     query = np.minimum(np.arange(max(lengths))[None, :], lens[:, None] - 1)  # [N, Lq]
     seen = past + lens
     key_pos = np.arange(int(seen.max()))[None, :]  # [1, S]
-    visible = key_pos[:, None, :] <= (past[:, None] + query)[:, :, None]  # [N, Lq, S]
     rows = np.arange(len(tokens)) if all_logits else cu[1:] - 1
     return {
         "tokens": tokens, "positions": positions, "state_slots": slots,
@@ -145,7 +173,6 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
         "kv_write": np.stack([slots[seq], positions], 1),
         "q_rows": cu[:-1, None] + query,
         "kv_read": slots[:, None] * pool.n_ctx + np.where(key_pos < seen[:, None], key_pos, 0),
-        "kv_mask": np.where(visible, 0.0, -np.inf).astype(np.float32),
         "o_rows": seq * max(lengths) + offset,
         "logit_rows": rows.astype(np.int64), CU_SEQLENS: cu,
     }
@@ -185,18 +212,39 @@ class HybridModel:
     """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
 
     def __init__(self, path: str, fused: bool = True, device: str = "cpu",
-                 file: GgufFile | None = None) -> None:
-        """``file``: an already opened ``path`` to share (its dequantized weights too)."""
+                 file: GgufFile | None = None, prefill_chunk: int | None = None) -> None:
+        """``file``: an already opened ``path`` to share (its dequantized weights too);
+        ``prefill_chunk``: most new tokens of a sequence per run (default ``DEFAULT_CHUNK``)."""
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise InputError(f"prefill chunk must be >= 1, got {prefill_chunk}")
         self.path, self.fused, self.device = str(path), fused, runtime_device(device)
+        self.limits = Limits(chunk=prefill_chunk or DEFAULT_CHUNK)
         self.file = file or GgufFile(path)
         self.cfg = hybrid_config(self.file)
         self.stats = GraphStats()
         self._fused: Executor | None = None
         self._unfused: OrderedDict[Composition, Executor] = OrderedDict()
 
-    def new_pool(self, slots: int = 1, n_ctx: int | None = None) -> StatePool:
-        trained = self.file.metadata.get(f"{self.cfg.arch}.context_length", DEFAULT_CTX)
-        ctx = n_ctx or min(DEFAULT_CTX, trained if isinstance(trained, int) else DEFAULT_CTX)
+    @property
+    def trained_context(self) -> int | None:
+        """The context length the model was trained on (GGUF metadata), if the file says."""
+        n = self.file.metadata.get(f"{self.cfg.arch}.context_length")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def new_pool(self, slots: int = 1, n_ctx: int | None = None, kept_logits: int = 0) -> StatePool:
+        """A pool of ``slots`` sequences of context ``n_ctx`` (default: the trained context, at
+        most ``DEFAULT_CTX``); MemoryShortError when it and a run over it (and the caller's
+        ``kept_logits`` rows) cannot fit the device's available memory."""
+        trained = self.trained_context
+        ctx = n_ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
+        memory.require(context_bytes(self.cfg, slots, ctx, self.limits, kept_logits), self.device,
+                       f"a context of {ctx} tokens for {slots} sequence(s)",
+                       fix="use a smaller context (--ctx, or fewer tokens) or fewer sequences at once "
+                           "(--parallel)")
+        if trained is not None and ctx > trained:
+            warnings.warn(f"a context of {ctx} tokens is beyond the {trained} that {self.path} was "
+                          f"trained on: output past {trained} tokens may degrade", GdncWarning,
+                          stacklevel=2)
         return StatePool(self.cfg, slots, ctx, self.device)
 
     def fused_executor(self) -> Executor:
@@ -221,8 +269,22 @@ class HybridModel:
 
     def forward(self, pool: StatePool, batch: list[Entry], all_logits: bool = False) -> list[torch.Tensor]:
         """Run ``batch`` (mixed prefill/decode), update ``pool``; per entry the logits of its
-        last token [n_vocab] (``all_logits``: of every new token, [T_n, n_vocab])."""
+        last token [n_vocab] (``all_logits``: of every new token, [T_n, n_vocab]). The batch
+        goes in runs within ``self.limits`` (``batch_plan``)."""
         self._check(pool, batch)
+        runs = plan_runs([len(e.tokens) for e in batch], [pool.n_past[e.slot] for e in batch],
+                         self.cfg.n_head, self.limits)
+        if len(runs) == 1:
+            return self._run(pool, batch, all_logits)
+        pieces: list[list[torch.Tensor]] = [[] for _ in batch]
+        for run in runs:
+            part = [Entry(batch[p.index].slot, batch[p.index].tokens[p.start:p.end]) for p in run]
+            for p, logits in zip(run, self._run(pool, part, all_logits)):
+                pieces[p.index].append(logits)
+        return [torch.cat(rows) if all_logits else rows[-1] for rows in pieces]
+
+    def _run(self, pool: StatePool, batch: list[Entry], all_logits: bool) -> list[torch.Tensor]:
+        """``forward`` of one run."""
         feeds = batch_feeds(self.cfg, pool, batch, all_logits)
         comp = Composition(tuple(len(e.tokens) for e in batch))
         ex = self.fused_executor() if self.fused else self.unfused_executor(comp)
@@ -257,5 +319,5 @@ class HybridModel:
     def logits(self, tokens: list[int] | np.ndarray) -> torch.Tensor:
         """Logits [T, n_vocab] of every position of one sequence from an empty state."""
         ids = tuple(int(t) for t in np.asarray(tokens).reshape(-1))
-        pool = self.new_pool(1, max(len(ids), 1))
+        pool = self.new_pool(1, max(len(ids), 1), kept_logits=2 * len(ids))
         return self.forward(pool, [Entry(pool.allocate(), ids)], all_logits=True)[0]

@@ -293,8 +293,8 @@ def test_pool_exhaustion_queues_or_refuses_never_evicts(model_paths):
 
 
 def test_a_pool_too_big_for_memory_is_one_line(model_paths):
-    """--ctx 10^8 asks for ~48 GiB of KV cache: a one-line error before anything runs, in a
-    real process under an address-space limit (so nothing is really allocated)."""
+    """--ctx 10^8 asks for ~48 GiB of KV cache: a one-line error naming the bytes before anything
+    is allocated, in a real process under an address-space limit."""
     import os
     import resource
     import subprocess
@@ -308,5 +308,6 @@ def test_a_pool_too_big_for_memory_is_one_line(model_paths):
                           preexec_fn=limit, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
-    assert "state pool: 47.7 GiB for 1 slot(s) of context 100000000 cannot be allocated" in lines[0]
+    assert lines[0].startswith("error: a context of 100000000 tokens for 1 sequence(s) needs about ")
+    assert "(KV cache and states 47.7 GiB, one batch " in lines[0] and "fix: " in lines[0]
     TALLY.note("serving", "pools too big for memory refused")
