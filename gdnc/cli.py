@@ -341,12 +341,13 @@ def bench(
 ) -> None:
     """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
     tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
-    from gdnc.bench.command import run_bench
-    from gdnc.bench.options import bench_options
     from gdnc.frontends.model_kind import require_gguf
 
+    require_gguf(model, "bench")  # before the bench's own (slow) imports
+    from gdnc.bench.command import run_bench
+    from gdnc.bench.options import bench_options
+
     opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
-    require_gguf(model, "bench")
     run_bench(model, opts, plot, as_json, quiet, out, err)
 
 

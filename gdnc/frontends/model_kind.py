@@ -42,7 +42,7 @@ def model_kind(path: Path) -> str:
     if _is_safetensors(head, path.stat().st_size):
         raise ModelLoadError(f"{path} is a safetensors weights file (as in a Hugging Face checkpoint); "
                              f"{_TAKES}", fix=_CONVERT)
-    if path.suffix.lower() == ".onnx" or head[:1] in _ONNX_FIRST_BYTES:
+    if path.suffix.lower() == ".onnx" or head[:1] and head[0] in _ONNX_FIRST_BYTES:
         return ONNX
     what = "the file is empty" if not head else f"it starts with {head[:8]!r}"
     raise ModelLoadError(f"{path}: not a GGUF file or an ONNX model ({what}); {_TAKES}")

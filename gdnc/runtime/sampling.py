@@ -69,9 +69,8 @@ class Sampler:
             x = penalize(x, history if s.repeat_last_n < 0 else history[-s.repeat_last_n:], s.repeat_penalty)
         if self.rng is None:
             return int(torch.argmax(x).item())
-        ids, x = candidates(x.to("cpu", torch.float64), s.top_k, s.top_p)
-        probs = torch.softmax((x - x.max()) / s.temperature, dim=-1)
-        return int(ids[torch.multinomial(probs, 1, generator=self.rng)].item())
+        probs = distribution(x, s.top_k, s.top_p, s.temperature)
+        return int(torch.multinomial(probs, 1, generator=self.rng).item())
 
 
 def penalize(logits: torch.Tensor, recent: Sequence[int], penalty: float) -> torch.Tensor:
@@ -85,16 +84,20 @@ def penalize(logits: torch.Tensor, recent: Sequence[int], penalty: float) -> tor
     return out
 
 
-def candidates(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token ids, their logits) that survive top-k then top-p, most likely first (with both
-    off: every token, in id order)."""
-    if not 0 < top_k < logits.numel() and top_p >= 1:
-        return torch.arange(logits.numel()), logits
-    x, ids = torch.sort(logits, descending=True, stable=True)
-    if 0 < top_k < x.numel():
-        x, ids = x[:top_k], ids[:top_k]
+def distribution(logits: torch.Tensor, top_k: int, top_p: float, temperature: float) -> torch.Tensor:
+    """Float64 CPU probabilities over the vocabulary that a draw at ``temperature`` > 0 uses: 0
+    for the tokens top-k (0: off) and top-p (1: off) leave out, softmax(logits / T) over the rest."""
+    x = logits.to("cpu", torch.float64)
+    n = x.numel()
+    if not 0 < top_k < n and top_p >= 1:
+        return torch.softmax((x - x.max()) / temperature, dim=-1)
+    kept, ids = torch.sort(x, descending=True, stable=True)
+    if 0 < top_k < n:
+        kept, ids = kept[:top_k], ids[:top_k]
     if top_p < 1:
-        cum = torch.cumsum(torch.softmax(x - x[0], dim=-1), dim=-1)
-        keep = int(torch.searchsorted(cum, torch.tensor([top_p], dtype=cum.dtype)).item()) + 1
-        x, ids = x[:keep], ids[:keep]
-    return ids, x
+        cum = torch.cumsum(torch.softmax(kept - kept[0], dim=-1), dim=-1)
+        end = int(torch.searchsorted(cum, torch.tensor([top_p], dtype=cum.dtype)).item()) + 1
+        kept, ids = kept[:end], ids[:end]
+    probs = torch.zeros_like(x)
+    probs[ids] = torch.softmax((kept - kept[0]) / temperature, dim=-1)
+    return probs
