@@ -109,8 +109,14 @@ def read_prompts(texts: list[str], files: list[Path]) -> list[bytes]:
         if option == "-p" and value != "-":
             prompts.append(os.fsencode(value))
             continue
+        read = Path(value).read_bytes
+        if value == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise InputError(f"{option} -: there is no stdin to read the prompt from")
+            read = stdin.read
         try:
-            data = sys.stdin.buffer.read() if value == "-" else Path(value).read_bytes()
+            data = read()
         except OSError as exc:
             raise InputError(f"{option} {value}: cannot read the prompt ({exc.strerror or exc})") from None
         prompts.append(data[:-1] if data.endswith(b"\n") else data)
