@@ -14,19 +14,40 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gdnc import interrupt, progress
+from gdnc import __version__, interrupt, progress
 from gdnc.errors import GdncError, GdncWarning
+from gdnc.llama_flags import LlamaHabits
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fuse per-token Gated DeltaNet subgraphs into one op, and run them.")
 out = Console()
 err = Console(stderr=True)
+GEN, SAMPLING, ONNX_RUN = "GGUF: generation", "GGUF: sampling (llama.cpp's meaning)", "ONNX"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"gdnc {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="print gdnc's version and exit")) -> None:
+    """Fuse per-token Gated DeltaNet subgraphs into one op, and run them."""
 
 
 def _dump_after(stage: str | None, path: Path | None):
     if stage is None or path is None:  # both or neither
         return None
+    from gdnc.errors import InputError
     from gdnc.ir.to_onnx import save_onnx
+    from gdnc.passes.pipeline import STAGES
+
+    names = [name for name, _ in STAGES]
+    if stage not in names:
+        raise InputError(f"--dump-after: there is no stage {stage!r}; the stages are {', '.join(names)}")
 
     def dump(name: str, model) -> None:
         if name == stage:
@@ -52,7 +73,8 @@ def convert(
         "native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
     report: Path | None = typer.Option(None, help="also write the report as JSON here"),
     dump_after: str | None = typer.Option(
-        None, help="write the graph after this stage (shapes, fold-constants, fuse, simplify)"),
+        None, help="write the graph after this stage (shapes, fold-constants, shapes-2, fuse, simplify, "
+                   "shapes-3)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     unfused: bool = typer.Option(False, "--unfused", help="GGUF: write the unfused graph of one batch"),
@@ -64,11 +86,13 @@ def convert(
     from gdnc import command_files
     from gdnc.convert import convert_file
     from gdnc.errors import InputError
+    from gdnc.frontends.model_kind import GGUF, model_kind
     from gdnc.reporting import print_report
 
     dump_file = _dump_file(dump_after, output)
+    dump = _dump_after(dump_after, dump_file)  # an unknown stage: refused before any work
     command_files.check(models=[model], outputs=[output, report, dump_file])
-    if model.suffix.lower() == ".gguf":
+    if model_kind(model) == GGUF:
         from gdnc.atomic import write_json
         from gdnc.gguf_export import DEFAULT_LENGTHS, export_gguf, parse_lengths
 
@@ -92,8 +116,7 @@ def convert(
     if unfused or lengths is not None:
         raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
     with progress.bars(err, enabled=not quiet and not as_json):
-        rep = convert_file(model, output, target=target, report_path=report,
-                           dump_after=_dump_after(dump_after, dump_file))
+        rep = convert_file(model, output, target=target, report_path=report, dump_after=dump)
     if as_json:
         out.print_json(json.dumps(rep.to_json()))
     elif not quiet:
@@ -122,10 +145,11 @@ def inspect(
         drawing = InspectDrawing(draw, model.name)
     from gdnc.convert import inspect_model
     from gdnc.errors import InputError
+    from gdnc.frontends.model_kind import GGUF, model_kind
     from gdnc.reporting import print_histogram, print_report
 
     with progress.bars(err, enabled=not (as_json or quiet)):
-        if model.suffix.lower() == ".gguf":
+        if model_kind(model) == GGUF:
             from gdnc.frontends.gguf_file import GgufFile
             from gdnc.frontends.hybrid_graph import Composition, build_unfused
             from gdnc.gguf_export import parse_lengths
@@ -153,35 +177,74 @@ def inspect(
         out.print(drew, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=LlamaHabits)
 def run(
     model: Path = typer.Argument(..., help="GGUF hybrid (generate text) or ONNX model (run once)"),
-    prompt: list[str] = typer.Option([], "-p", "--prompt", help="GGUF: a prompt (repeat for several)"),
-    n_new: int = typer.Option(32, "-n", help="GGUF: tokens to generate per prompt"),
-    parallel: int | None = typer.Option(None, help="GGUF: sequences served at once (default: all)"),
-    temperature: float = typer.Option(0.0, help="GGUF: 0 = greedy"),
-    seed: int = typer.Option(0, help="GGUF: sampling seed (prompt i uses seed + i)"),
-    fused_gdn: str = typer.Option("auto", "--fused-gdn", help="GGUF: on, off or auto (= on)"),
-    ctx: int | None = typer.Option(None, help="GGUF: context per sequence (default: prompt + n)"),
+    prompt: list[str] = typer.Option([], "-p", "--prompt", rich_help_panel=GEN,
+                                     help='a prompt; repeat for several; "-": read it from stdin'),
+    prompt_file: list[Path] = typer.Option([], "-f", "--file", rich_help_panel=GEN,
+                                           help="a file holding a prompt (repeatable; after the -p ones)"),
+    n_new: int = typer.Option(32, "-n", "--n-predict", rich_help_panel=GEN,
+                              help="tokens to generate per prompt (fewer when it ends at EOS)"),
+    parallel: int | None = typer.Option(None, "-np", "--parallel", rich_help_panel=GEN,
+                                        help="sequences served at once (default: all)"),
+    ctx: int | None = typer.Option(None, "-c", "--ctx-size", "--ctx", rich_help_panel=GEN,
+                                   help="context per sequence (default: longest prompt + n)"),
     prefill_chunk: int | None = typer.Option(
-        None, help="GGUF: feed prompts in chunks of this many tokens, interleaved with decodes"),
-    inputs: Path | None = typer.Option(None, "--inputs", help="ONNX: .npz file, one array per input"),
-    output: Path | None = typer.Option(None, "-o", "--output", help="ONNX: .npz file for the outputs"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+        None, rich_help_panel=GEN, help="feed prompts in chunks of this many tokens, between decodes"),
+    fused_gdn: str = typer.Option("auto", "--fused-gdn", rich_help_panel=GEN, help="on, off or auto (= on)"),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", rich_help_panel=GEN,
+                                    help="generate all n tokens, past EOS"),
+    temperature: float = typer.Option(0.0, "--temp", "--temperature", rich_help_panel=SAMPLING,
+                                      help="0 = greedy"),
+    seed: int = typer.Option(0, "-s", "--seed", rich_help_panel=SAMPLING,
+                             help="sampling seed >= 0 (prompt i uses seed + i)"),
+    top_k: int = typer.Option(0, "--top-k", rich_help_panel=SAMPLING,
+                              help="keep the k likeliest tokens (0: off)"),
+    top_p: float = typer.Option(1.0, "--top-p", rich_help_panel=SAMPLING,
+                                help="keep the likeliest tokens up to probability p (1: off)"),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", rich_help_panel=SAMPLING,
+                                         help="penalise the tokens of the last --repeat-last-n (1: off)"),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", rich_help_panel=SAMPLING,
+                                      help="tokens the penalty looks back at (-1: all)"),
+    inputs: Path | None = typer.Option(None, "--inputs", rich_help_panel=ONNX_RUN,
+                                       help=".npz file, one array per input"),
+    output: Path | None = typer.Option(None, "-o", "--output", rich_help_panel=ONNX_RUN,
+                                       help=".npz file for the outputs"),
+    device: str | None = typer.Option(None, help="cpu (default), cuda or cuda:N"),
+    gpu_layers: str | None = typer.Option(
+        None, "-ngl", "--n-gpu-layers", "--gpu-layers",
+        help="llama.cpp's: 0 = cpu; N > 0 or all = cuda (every layer); auto = cuda when there is one"),
+    threads: int | None = typer.Option(None, "-t", "--threads", help="torch threads (default: torch's)"),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="GGUF: only the generated text; ONNX: nothing"),
 ) -> None:
-    """Generate text from a GGUF model (several prompts decode together), or run an ONNX model."""
+    """Generate text from a GGUF model (several prompts decode together), or run an ONNX model.
+    llama.cpp's flags mean what they mean there; those gdnc lacks are refused with the reason."""
     from gdnc.errors import InputError
+    from gdnc.frontends.model_kind import GGUF, model_kind
+    from gdnc.llama_flags import device_for
 
-    if model.suffix.lower() == ".gguf":
+    if threads is not None and not 1 <= threads <= 1024:
+        raise InputError(f"--threads: {threads} is not in 1..1024")
+    kind = model_kind(model)
+    device = device_for(device, gpu_layers)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if kind == GGUF:
         if inputs is not None or output is not None:
             raise InputError("--inputs / -o apply to ONNX models; a GGUF model takes -p PROMPT")
-        from gdnc.generate import GenerateOptions, generate_text
+        from gdnc.generate import GenerateOptions, generate_text, read_prompts
+        from gdnc.runtime.sampling import Sampling
 
-        opts = GenerateOptions(prompts=prompt, n_new=n_new, parallel=parallel, temperature=temperature,
-                               seed=seed, fused=fused_gdn if _fused_flag(fused_gdn) else "off",
-                               ctx=ctx, prefill_chunk=prefill_chunk, device=device)
+        sampling = Sampling(temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
+                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n)
+        opts = GenerateOptions(prompts=read_prompts(prompt, prompt_file), n_new=n_new,
+                               parallel=parallel, sampling=sampling,
+                               fused=fused_gdn if _fused_flag(fused_gdn) else "off", ctx=ctx,
+                               prefill_chunk=prefill_chunk, device=device, ignore_eos=ignore_eos)
         generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
         return
     if inputs is None:
@@ -241,10 +304,11 @@ def compare(
     unfused graphs (max |Δlogit|, top-1 agreement, perplexity; --eval: of a text, --hf: and of
     the HF model). Exit 1 on a mismatch."""
     from gdnc.errors import InputError
+    from gdnc.frontends.model_kind import GGUF, model_kind
     from gdnc.reporting import print_compare, print_gguf_compare
 
     show = not (as_json or quiet)
-    if model.suffix.lower() == ".gguf":
+    if model_kind(model) == GGUF:
         from gdnc.gguf_compare import TextEval, compare_gguf
 
         if eval_text is None and (hf is not None or max_tokens is not None):
@@ -292,7 +356,9 @@ def bench(
     """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
     tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
     from gdnc import command_files
+    from gdnc.frontends.model_kind import require_gguf
 
+    require_gguf(model, "bench")  # before the bench's own (slow) imports
     command_files.check(inputs=[model], outputs=[plot])
     from gdnc.bench.command import run_bench
     from gdnc.bench.options import bench_options
@@ -339,8 +405,10 @@ def logits(
 
     from gdnc.atomic import open_replacing
     from gdnc.errors import InputError
+    from gdnc.frontends.model_kind import require_gguf
     from gdnc.runtime.hybrid_runner import HybridModel
 
+    require_gguf(model, "logits")
     fused = _fused_flag(fused_gdn)
     try:
         ids = [int(t) for t in tokens.replace(",", " ").split()]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections import abc
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.columns import Columns
@@ -20,19 +22,31 @@ from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.hybrid_runner import HybridModel
+from gdnc.runtime.sampling import Sampling
+
+END_OF_TEXT = " [end of text]"  # after a sequence that stopped at EOS, as llama.cpp prints it
 
 
 @dataclass
 class GenerateOptions:
-    prompts: list[str]
+    """``prompts``: str, or bytes meant as UTF-8 (a byte that is not UTF-8 is fed as its byte
+    token); prompt i samples with ``sampling``'s seed + i."""
+
+    prompts: abc.Sequence[str | bytes]
     n_new: int = 32
     parallel: int | None = None
-    temperature: float = 0.0
-    seed: int = 0
+    sampling: Sampling = field(default_factory=Sampling)
     fused: str = "auto"  # on, off, or auto: fused unless the pass leaves a layer unfused
     ctx: int | None = None
     prefill_chunk: int | None = None
     device: str = "cpu"
+    ignore_eos: bool = False
+
+    @property
+    def shown(self) -> list[str]:
+        """The prompts as text to show (a byte that is not UTF-8 as U+FFFD)."""
+        return [p.encode("utf-8", "surrogateescape").decode("utf-8", "replace") if isinstance(p, str)
+                else p.decode("utf-8", "replace") for p in self.prompts]
 
 
 @dataclass
@@ -61,17 +75,18 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device,
                         prefill_chunk=opts.prefill_chunk)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
-    ids = [tokenizer.encode(p) for p in opts.prompts]
-    for text, toks in zip(opts.prompts, ids):
+    ids = [_encode(tokenizer, p, i, len(opts.prompts)) for i, p in enumerate(opts.prompts)]
+    for text, toks in zip(opts.shown, ids):
         if not toks:
             raise InputError(f"prompt {text!r} encodes to no tokens")
-    ctx = opts.ctx or max(len(t) for t in ids) + opts.n_new
+    ctx = opts.ctx if opts.ctx is not None else max(len(t) for t in ids) + opts.n_new
     if opts.parallel is not None and opts.parallel < 1:
         raise InputError(f"--parallel must be >= 1, got {opts.parallel}")
     parallel = min(opts.parallel or len(ids), len(ids))
     sched = Scheduler(model, parallel, n_ctx=ctx, eos_id=tokenizer.eos_id)
     for i, toks in enumerate(ids):
-        sched.submit(Request(tuple(toks), opts.n_new, opts.temperature, opts.seed + i))
+        sched.submit(Request(tuple(toks), opts.n_new, replace(opts.sampling, seed=opts.sampling.seed + i),
+                             stop_at_eos=not opts.ignore_eos))
     if model.fused:
         try:
             model.fused_executor()  # built before the timing starts
@@ -82,6 +97,43 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     return sched, tokenizer, ids
 
 
+def read_prompts(texts: list[str], files: list[Path]) -> list[bytes]:
+    """The prompts of ``-p TEXT`` (the command line's bytes, as ``os.fsencode`` gives them back;
+    "-": stdin's), then of ``-f FILE`` (the file's bytes; "-": stdin's). A prompt read from a
+    file or stdin loses one trailing newline, as in llama.cpp. InputError for an unreadable file
+    or stdin asked for twice."""
+    sources = [("-p", text) for text in texts] + [("-f", str(path)) for path in files]
+    if sum(value == "-" for _, value in sources) > 1:
+        raise InputError("stdin holds one prompt: give - once (to -p or -f)")
+    prompts = []
+    for option, value in sources:
+        if option == "-p" and value != "-":
+            prompts.append(os.fsencode(value))
+            continue
+        read = Path(value).read_bytes
+        if value == "-":
+            stdin = getattr(sys.stdin, "buffer", None)
+            if stdin is None:
+                raise InputError(f"{option} -: there is no stdin to read the prompt from")
+            read = stdin.read
+        try:
+            data = read()
+        except OSError as exc:
+            raise InputError(f"{option} {value}: cannot read the prompt ({exc.strerror or exc})") from None
+        prompts.append(data[:-1] if data.endswith(b"\n") else data)
+    return prompts
+
+
+def _encode(tokenizer: GgufTokenizer, prompt: str | bytes, i: int, n: int) -> list[int]:
+    """The ids of prompt ``i`` of ``n``; an error names which prompt when there are several."""
+    try:
+        return tokenizer.encode(prompt)
+    except InputError as exc:
+        if n == 1:
+            raise
+        raise InputError(f"prompt {i + 1} of {n}: {exc}", fix=exc.fix) from None
+
+
 def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console, *,
                   as_json: bool = False, quiet: bool = False) -> list[Sequence]:
     """Generate, streaming text to ``out`` (one sequence: token by token; several: a live panel
@@ -90,11 +142,12 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     with progress.bars(err, enabled=not (quiet or as_json)):
         sched, tokenizer, ids = _scheduler(path, opts)
     streams = [TextStream(tokenizer) for _ in ids]
+    shown = opts.shown
     single = len(ids) == 1 and not as_json
     total = opts.n_new * len(ids)  # at most: EOS may end sequences early
     live = None
     if not single and not as_json and out.is_terminal:  # every sequence streams in its panel
-        live = Live(_panels(opts.prompts, streams, sched.sequences, quiet, total), console=out,
+        live = Live(_panels(shown, streams, sched.sequences, quiet, total), console=out,
                     refresh_per_second=10, vertical_overflow="visible")
 
     def on_token(seq_id: int, token: int) -> None:
@@ -104,12 +157,12 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
             sys.stdout.write(piece)
             sys.stdout.flush()
         elif live is not None:
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, total))
+            live.update(_panels(shown, streams, sched.sequences, quiet, total))
         elif not as_json and sched.sequences[seq_id].status != "running":
-            _print_sequence(out, seq_id, opts.prompts[seq_id], streams[seq_id], quiet)
+            _print_sequence(out, sched.sequences[seq_id], shown[seq_id], streams[seq_id], quiet)
 
     if single and not quiet:
-        sys.stdout.write(opts.prompts[0])
+        sys.stdout.write(shown[0])
     # the bar: in the live view (a terminal), on stderr when sequences print as they finish,
     # none when one sequence streams its text (the text is the progress)
     with live if live is not None else nullcontext(), \
@@ -117,13 +170,13 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
         bar = progress.task("generating", total)
         sched.run(on_token)
         if live is not None:  # a failed sequence's panel shows why
-            live.update(_panels(opts.prompts, streams, sched.sequences, quiet, total))
+            live.update(_panels(shown, streams, sched.sequences, quiet, total))
     failed = [s for s in sched.sequences if s.status == "failed"]
     if live is None and not single and not as_json:
         for seq in failed:
-            _print_sequence(out, seq.id, opts.prompts[seq.id], streams[seq.id], quiet)
+            _print_sequence(out, seq, shown[seq.id], streams[seq.id], quiet)
     if single:
-        sys.stdout.write("\n")
+        sys.stdout.write(("" if quiet else _ending(sched.sequences[0])) + "\n")
     model = sched.model
     timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": model.fused,
               "parallel": sched.pool.slots, "fused_graph_nodes": model.stats.fused_nodes,
@@ -134,7 +187,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     if as_json:
         for seq, toks in zip(sched.sequences, ids):
             sys.stdout.write(json.dumps({
-                "prompt": opts.prompts[seq.id], "prompt_ids": toks, "generated_ids": seq.generated,
+                "prompt": shown[seq.id], "prompt_ids": toks, "generated_ids": seq.generated,
                 "text": tokenizer.decode(seq.generated, skip_special=True),
                 "status": seq.status, "finish_reason": seq.finish_reason}) + "\n")
         sys.stdout.write(json.dumps({"timing": timing}) + "\n")
@@ -167,7 +220,7 @@ def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence],
     them a bar of the tokens generated (of at most ``total``)."""
     panels: list[RenderableType] = []
     for seq, prompt, stream in zip(seqs, prompts, streams):
-        text = Text(stream.tokenizer.decode(stream.ids, skip_special=True))
+        text = Text(stream.tokenizer.decode(stream.ids, skip_special=True) + _ending(seq))
         if not quiet:
             text = Text.assemble((prompt, "dim"), text)
         state = seq.status if seq.finish_reason is None else f"{seq.status}: {seq.finish_reason}"
@@ -179,13 +232,18 @@ def _panels(prompts: list[str], streams: list[TextStream], seqs: list[Sequence],
     return Group(*panels)
 
 
-def _print_sequence(out: Console, seq_id: int, prompt: str, stream: TextStream, quiet: bool) -> None:
+def _print_sequence(out: Console, seq: Sequence, prompt: str, stream: TextStream, quiet: bool) -> None:
     text = stream.tokenizer.decode(stream.ids, skip_special=True)
     if quiet:
         out.print(text, markup=False, highlight=False)
         return
-    out.rule(f"[{seq_id}]", align="left")
-    out.print(f"[dim]{_escape(prompt)}[/]{_escape(text)}", highlight=False)
+    out.rule(f"[{seq.id}]", align="left")
+    out.print(f"[dim]{_escape(prompt)}[/]{_escape(text + _ending(seq))}", highlight=False)
+
+
+def _ending(seq: Sequence) -> str:
+    """What plain output adds after a sequence's text: END_OF_TEXT when it stopped at EOS."""
+    return END_OF_TEXT if seq.finish_reason == "eos" else ""
 
 
 def _escape(text: str) -> str:

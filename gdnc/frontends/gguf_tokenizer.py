@@ -3,18 +3,20 @@
 Built on the HF ``tokenizers`` library: NFC, the llama.cpp split regex chosen by
 ``tokenizer.ggml.pre``, GPT-2 byte-level mapping, BPE over ``tokenizer.ggml.merges``. CONTROL and
 USER_DEFINED tokens are matched verbatim in the input text. Every metadata problem is a one-line
-``ModelLoadError``.
+``ModelLoadError``; a text the vocabulary cannot encode (a byte with no token) a one-line ``InputError``.
 """
 
 from __future__ import annotations
 
 import operator
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import SupportsIndex
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from gdnc.errors import ModelLoadError, first_line
+from gdnc.errors import InputError, ModelLoadError, first_line
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 TOKEN_UNDEFINED, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL = 0, 1, 2, 3
@@ -32,6 +34,31 @@ SPLIT_PATTERNS: dict[str, str] = {
 }
 
 _KEY = "tokenizer.ggml."
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2's byte-level alphabet: entry b is the symbol of byte b (printable Latin-1 bytes stand
+    for themselves, the others for U+0100 on, in byte order)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)}
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+BYTE_SYMBOLS = _byte_symbols()
+_STRAY_BYTE = re.compile("([\udc80-\udcff])")  # a surrogate escape: one byte that is not UTF-8
+
+
+def utf8_pieces(text: str | bytes) -> list[str | int]:
+    """``text`` cut into runs of valid UTF-8 (str) and the bytes between them that are not UTF-8
+    (int). In a str, surrogate escapes U+DC80..U+DCFF stand for such bytes (``os.fsdecode``'s
+    convention, which command-line arguments follow); another lone surrogate is an InputError."""
+    try:
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    except UnicodeEncodeError as exc:
+        raise InputError(f"the text has a lone surrogate U+{ord(exc.object[exc.start]):04X} at character "
+                         f"{exc.start}, which is no character and no byte") from None
+    pieces: list[str] = _STRAY_BYTE.split(data.decode("utf-8", "surrogateescape"))
+    return [ord(p) - 0xDC00 if _STRAY_BYTE.fullmatch(p) else p for p in pieces if p]
 
 
 def _str_list(meta: Mapping[str, object], key: str) -> list[str]:
@@ -98,6 +125,8 @@ class GgufTokenizer:
         # tokens whose text is stored verbatim, not byte-level encoded
         self._verbatim_ids = frozenset(
             i for i, t in enumerate(token_types) if t in (TOKEN_CONTROL, TOKEN_USER_DEFINED))
+        self._byte_ids = [tokenizer.token_to_id(symbol) for symbol in BYTE_SYMBOLS]
+        self._missing_bytes = frozenset(b for b, i in enumerate(self._byte_ids) if i is None)
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, object]) -> GgufTokenizer:
@@ -176,17 +205,51 @@ class GgufTokenizer:
         return cls(hf, tokens, token_types, eos_id=eos_id, bos_id=bos_id, pad_id=pad_id,
                    add_bos=add_bos, add_eos=add_eos)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; CONTROL / USER_DEFINED token texts in it become their ids.
+    def encode(self, text: str | bytes) -> list[int]:
+        """Token ids of ``text`` (a str, or bytes meant as UTF-8); CONTROL / USER_DEFINED token texts
+        in it become their ids.
 
-        BOS is prepended only when ``tokenizer.ggml.add_bos_token`` is true (EOS likewise appended
-        for ``add_eos_token``).
+        A byte that is not part of valid UTF-8 (in a str: its surrogate escape) becomes its byte
+        token, the text either side tokenized on its own. A character or byte whose byte symbol
+        the vocabulary lacks is an InputError naming it and its byte offset (the BPE would drop
+        it). BOS is prepended only when ``tokenizer.ggml.add_bos_token`` is true (EOS likewise
+        appended for ``add_eos_token``).
         """
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        ids: list[int] = []
+        offset = 0
+        for piece in utf8_pieces(text):
+            if isinstance(piece, int):
+                ids.append(self._byte_token(piece, offset))
+                offset += 1
+                continue
+            ids.extend(self._encode_utf8(piece, offset))
+            offset += len(piece.encode())
         if self.add_bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if self.add_eos and self.eos_id is not None:
             ids.append(self.eos_id)
+        return ids
+
+    def _byte_token(self, byte: int, offset: int) -> int:
+        token = self._byte_ids[byte]
+        if token is None:
+            raise InputError(f"byte 0x{byte:02X} at byte {offset} of the text is not UTF-8, and the "
+                             f"vocabulary has no token for it")
+        return token
+
+    def _encode_utf8(self, text: str, offset: int) -> list[int]:
+        """The ids of valid text; with byte symbols missing from the vocabulary, checked to
+        decode back to its NFC form (InputError at the first character that was dropped)."""
+        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
+        if not self._missing_bytes:
+            return ids
+        want, got = unicodedata.normalize("NFC", text), self.decode(ids)
+        at = next((k for k, (a, b) in enumerate(zip(want, got)) if a != b), len(got))
+        lost = [b for b in want[at:at + 1].encode() if b in self._missing_bytes]
+        if lost:
+            raise InputError(
+                f"character {want[at]!r} at byte {offset + len(want[:at].encode())} of the text has no "
+                f"token: the vocabulary has no symbol for byte {', '.join(f'0x{b:02X}' for b in lost)}")
         return ids
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:

@@ -8,9 +8,9 @@ budget, EOS, context full), fails or is cancelled; a live sequence never loses i
 Requests beyond the free slots wait in arrival order; with ``max_waiting`` set, a request
 that would make the queue longer is refused (``PoolFullError``). A sequence whose logits turn
 non-finite (NaN/Inf from its input or state) fails alone: status "failed", the reason names
-the step, and the others' results are bit-identical to a batch without the fault. Sampling
-is greedy at temperature 0, else from softmax(logits / T) with a generator of the request's
-own seed, so a sequence samples the same tokens alone or in company.
+the step, and the others' results are bit-identical to a batch without the fault. Each
+sequence samples with its own ``Sampler`` (``gdnc.runtime.sampling``: greedy at temperature 0,
+else a generator of the request's own seed), so it samples the same tokens alone or in company.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from gdnc.errors import InputError
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
+from gdnc.runtime.sampling import Sampler, Sampling
 
 FINISHED = ("done", "cancelled", "failed")
 
@@ -34,8 +35,7 @@ class Request:
 
     prompt: tuple[int, ...]
     max_new_tokens: int
-    temperature: float = 0.0
-    seed: int = 0
+    sampling: Sampling = Sampling()
     stop_at_eos: bool = True
     arrival: int = 0
 
@@ -51,7 +51,10 @@ class Sequence:
     finish_reason: str | None = None
     slot: int | None = None
     fed: int = 0  # prompt tokens already run
-    rng: torch.Generator | None = None
+    sampler: Sampler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.request.sampling)
 
     def pending(self, chunk: int) -> tuple[int, ...]:
         """The tokens this sequence feeds in the next batch."""
@@ -101,8 +104,6 @@ class Scheduler:
             raise InputError("a request needs a prompt of >= 1 token")
         if request.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
-        if request.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {request.temperature}")
         if len(request.prompt) + request.max_new_tokens - 1 > self.pool.n_ctx:
             raise InputError(f"prompt of {len(request.prompt)} + {request.max_new_tokens} new tokens "
                              f"exceed the context of {self.pool.n_ctx}")
@@ -111,8 +112,6 @@ class Scheduler:
             raise PoolFullError(f"all {self.pool.slots} slots are busy and {backlog} request(s) are "
                                 f"waiting (the limit); submit again when a sequence finishes")
         seq = Sequence(len(self.sequences), request)
-        if request.temperature > 0:
-            seq.rng = torch.Generator().manual_seed(request.seed)
         self.sequences.append(seq)
         return seq.id
 
@@ -142,12 +141,6 @@ class Scheduler:
                 return  # wait in arrival order
             seq.slot, seq.status = self.pool.allocate(), "running"
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor) -> int:
-        if seq.rng is None:
-            return int(torch.argmax(logits).item())
-        probs = torch.softmax(logits.float().cpu() / seq.request.temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=seq.rng).item())
-
     def step(self) -> list[tuple[int, int]]:
         """Run one batch; the (sequence id, new token) pairs it produced."""
         self._admit()
@@ -175,7 +168,7 @@ class Scheduler:
                     continue
             else:
                 self.timing.decode_tokens += 1
-            token = self._sample(seq, row)
+            token = seq.sampler.pick(row, seq.request.prompt + tuple(seq.generated))
             seq.generated.append(token)
             events.append((seq.id, token))
             if len(seq.generated) >= seq.request.max_new_tokens:

@@ -235,6 +235,8 @@ class HybridModel:
         """A pool of ``slots`` sequences of context ``n_ctx`` (default: the trained context, at
         most ``DEFAULT_CTX``); MemoryShortError when it and a run over it (and the caller's
         ``kept_logits`` rows) cannot fit the device's available memory."""
+        if n_ctx is not None and n_ctx < 1:
+            raise InputError(f"the context must be >= 1 token, got {n_ctx}")
         trained = self.trained_context
         ctx = n_ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
         memory.require(context_bytes(self.cfg, slots, ctx, self.limits, kept_logits), self.device,
@@ -307,13 +309,13 @@ class HybridModel:
             raise InputError(f"batch: slot listed twice ({slots})")
         for e in batch:
             pool._check(e.slot)
-            ids = np.asarray(e.tokens, dtype=np.int64)
-            bad = ids[(ids < 0) | (ids >= self.cfg.n_vocab)]
-            if ids.size == 0 or bad.size:
+            bad = next((t for t in e.tokens if not 0 <= t < self.cfg.n_vocab), None)
+            if not e.tokens or bad is not None:
                 raise InputError(f"tokens: need >= 1 id in 0..{self.cfg.n_vocab - 1}, got "
-                                 f"{bad[0] if bad.size else 'none'}")
-            if pool.n_past[e.slot] + ids.size > pool.n_ctx:
-                raise InputError(f"slot {e.slot}: {pool.n_past[e.slot]} + {ids.size} tokens exceed the "
+                                 f"{'none' if bad is None else bad} (the vocabulary has "
+                                 f"{self.cfg.n_vocab} tokens)")
+            if pool.n_past[e.slot] + len(e.tokens) > pool.n_ctx:
+                raise InputError(f"slot {e.slot}: {pool.n_past[e.slot]} + {len(e.tokens)} tokens exceed the "
                                  f"context of {pool.n_ctx}")
 
     def logits(self, tokens: list[int] | np.ndarray) -> torch.Tensor:

@@ -12,10 +12,12 @@ from gguf.quants import quantize
 
 def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
             tensors: Mapping[str, np.ndarray] | None = None, drop: tuple[str, ...] = (),
-            qtype: GGMLQuantizationType | None = None, strings: Mapping[str, str] | None = None) -> Path:
+            qtype: GGMLQuantizationType | None = None, strings: Mapping[str, str] | None = None,
+            values: Mapping[str, object] | None = None) -> Path:
     """Write ``dst``: ``src`` with the architecture renamed (keys re-prefixed), tensors replaced
     (numpy order; names not in ``src`` are appended) or dropped, every 2-D weight quantized
-    to ``qtype`` when given, and string keys ``strings`` set (replaced or added)."""
+    to ``qtype`` when given, string keys ``strings`` set (replaced or added), and existing keys
+    given new ``values`` of their own type (a list for an array)."""
     reader = GGUFReader(src)
     old_arch = str(reader.fields["general.architecture"].contents())
     new_arch = arch or old_arch
@@ -27,7 +29,7 @@ def rewrite(src: str | Path, dst: str | Path, *, arch: str | None = None,
         vtype = field.types[0]
         sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
         if key not in (strings or {}):
-            writer.add_key_value(key, field.contents(), vtype, sub)
+            writer.add_key_value(key, (values or {}).get(key, field.contents()), vtype, sub)
     for key, text in (strings or {}).items():
         writer.add_string(key, text)
     added = [(name, data) for name, data in (tensors or {}).items()

@@ -7,6 +7,7 @@ independent reference (the ``regex`` module plus a plain rank-ordered BPE writte
 from __future__ import annotations
 
 import functools
+import os
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 import regex
 import tokenizers  # noqa: F401  (a missing library must fail these tests, not skip them)
 from gguf import GGUFReader
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gdnc.errors import ModelLoadError
-from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.errors import InputError, ModelLoadError
+from gdnc.frontends.gguf_tokenizer import GgufTokenizer, utf8_pieces
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
@@ -292,3 +295,60 @@ def test_llama_cpp_reference(arch: str) -> None:
     for text in [*ROUND_TRIP, *NFC_CHANGED, "<|im_start|>user\nthe<|im_end|>"]:
         expected = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         assert fixture_tok(arch).encode(text) == expected, text
+
+
+# ---------------------------------------------------------------- bytes not UTF-8, missing byte symbols
+
+U2B = {c: b for b, c in B2U.items()}
+
+
+def _token_bytes(tok: GgufTokenizer, ids: list[int]) -> bytes:
+    return b"".join(bytes(U2B[c] for c in tok.token_text(i)) for i in ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=40))
+def test_any_bytes_encode_to_their_byte_symbols(data: bytes) -> None:
+    """Valid UTF-8 runs are tokenized as text (NFC), each other byte as its byte token; bytes and
+    their surrogate-escaped str (a command line's form) give the same ids."""
+    tok = fixture_tok("qwen35")
+    ids = tok.encode(data)
+    want = b"".join(unicodedata.normalize("NFC", p).encode() if isinstance(p, str) else bytes([p])
+                    for p in utf8_pieces(data))
+    assert _token_bytes(tok, ids) == want
+    assert tok.encode(os.fsdecode(data) if os.name == "posix" else data) == ids
+
+
+def test_a_prompt_that_is_not_utf8() -> None:
+    tok = fixture_tok("qwen35")
+    vocab = {t: i for i, t in enumerate(_TOKENS)}
+    ids = tok.encode(b"caf\xe9 \xff")
+    assert ids == [*tok.encode("caf"), vocab[B2U[0xE9]], *tok.encode(" "), vocab[B2U[0xFF]]]
+    assert tok.encode("caf\udce9 \udcff") == ids
+    with pytest.raises(InputError, match=r"lone surrogate U\+D800 at character 1"):
+        tok.encode("a\ud800")
+
+
+def _without_symbol(byte: int) -> GgufTokenizer:
+    """The qwen35 fixture vocabulary with byte ``byte``'s symbol renamed away (in no merge)."""
+    symbol = B2U[byte]
+    assert not any(symbol in m.split(" ") for m in _MERGES), symbol
+    return GgufTokenizer.from_metadata(_bad(tokens=[t if t != symbol else "<gone>" for t in _TOKENS]))
+
+
+def test_a_missing_byte_symbol_is_an_error_not_a_dropped_character() -> None:
+    tok = _without_symbol(ord("K"))
+    assert tok.encode("abc") == fixture_tok("qwen35").encode("abc")
+    with pytest.raises(InputError, match=r"character 'K' at byte 1 of the text has no token.*byte 0x4B"):
+        tok.encode("aKb")
+    with pytest.raises(InputError, match=r"character 'K' at byte 14 "):
+        tok.encode("é<|im_start|>K")  # bytes: 2 of é, 12 of the control token
+    with pytest.raises(InputError, match=r"byte 0xFF at byte 2 of the text is not UTF-8, and the vocabulary"):
+        _without_symbol(0xFF).encode(b"ab\xff")
+
+
+def test_a_missing_byte_symbol_inside_a_control_token_is_fine() -> None:
+    tok = _without_symbol(ord("<"))
+    assert tok.encode("<|im_start|>hi") == fixture_tok("qwen35").encode("<|im_start|>hi")
+    with pytest.raises(InputError, match="character '<' at byte 1"):
+        tok.encode("a<b")

@@ -20,6 +20,7 @@ from examples.make_gguf_models import write_models
 from gdnc.errors import InputError
 from gdnc.runtime.generation import Request, Scheduler
 from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
+from gdnc.runtime.sampling import Sampling
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
 MAX_ABS = 1e-4
@@ -124,7 +125,7 @@ def test_cancel_frees_the_slot_and_spares_the_others(models):
 def test_sampling_is_per_sequence_reproducible(models):
     model = HybridModel(str(models[("qwen35", "f32")]), fused=True)
     rng = np.random.default_rng(1)
-    requests = [Request(p, 6, temperature=0.8, seed=s, stop_at_eos=False)
+    requests = [Request(p, 6, Sampling(temperature=0.8, seed=s), stop_at_eos=False)
                 for s, p in enumerate(_prompts(rng, 3))]
     together = _generate(model, requests, 3)
     assert together == [_generate(model, [r], 1)[0] for r in requests]
