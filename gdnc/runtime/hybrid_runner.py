@@ -25,6 +25,7 @@ from gdnc.frontends.hybrid_graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.ir.graph import Model
 from gdnc.passes.composition import CU_SEQLENS, lift_sequence_layout
 from gdnc.passes.pipeline import fuse_model
+from gdnc.runtime.device import runtime_device
 from gdnc.runtime.executor import Executor
 
 CACHED_UNFUSED = 16
@@ -38,20 +39,6 @@ class Entry:
 
     slot: int
     tokens: tuple[int, ...]
-
-
-def runtime_device(name: str | torch.device) -> torch.device:
-    """``name`` as a torch device this machine has; InputError otherwise."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {name!r} is not a device name",
-                         fix="use --device cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r}: no CUDA device on this machine", fix="use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device {name!r}: gdnc runs on cpu or cuda", fix="use --device cpu or cuda")
-    return device
 
 
 class PoolFullError(InputError):
