@@ -15,13 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from gdnc import __version__, interrupt, progress
-from gdnc.errors import GdncError, GdncWarning
+from gdnc.errors import GdncError, GdncWarning, first_line, foreign_error
 from gdnc.llama_flags import LlamaHabits
 
+PIPED_WIDTH = 1000
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fuse per-token Gated DeltaNet subgraphs into one op, and run them.")
-out = Console()
+# piped or redirected (and no COLUMNS given), tables are not wrapped at rich's default 80 columns
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
 err = Console(stderr=True)
 GEN, SAMPLING, ONNX_RUN = "GGUF: generation", "GGUF: sampling (llama.cpp's meaning)", "ONNX"
 
@@ -266,14 +268,16 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
 
     from gdnc import command_files
     from gdnc.frontends.onnx_model import load_onnx
+    from gdnc.npz_io import load_npz, save_npz
     from gdnc.runtime.executor import Executor
+    from gdnc.runtime.onnx_ops.dtypes import array_from_tensor
 
     command_files.check(models=[model], inputs=[inputs], outputs=[output])
-    feeds = _load_npz(inputs)
+    feeds = load_npz(inputs)
     with progress.bars(err, enabled=not (as_json or quiet)):
-        results = {k: v.cpu().numpy() for k, v in Executor(load_onnx(model), device).run(feeds).items()}
+        results = {k: array_from_tensor(v) for k, v in Executor(load_onnx(model), device).run(feeds).items()}
         if output is not None:
-            _save_npz(output, results)
+            save_npz(output, results)
     summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
                    "mean": float(np.mean(v)) if v.size else 0.0} for k, v in results.items()}
     if as_json:
@@ -326,9 +330,10 @@ def compare(
     if eval_text is not None or hf is not None or max_tokens is not None:
         raise InputError("--eval, --hf and --max-tokens apply to GGUF models")
     from gdnc.compare import compare_file
+    from gdnc.npz_io import load_npz
 
     with progress.bars(err, enabled=show):
-        result = compare_file(model, inputs=None if inputs is None else _load_npz(inputs),
+        result = compare_file(model, inputs=None if inputs is None else load_npz(inputs),
                               target=target, seed=seed)
     if as_json:
         out.print_json(json.dumps(result.to_json()))
@@ -427,29 +432,6 @@ def logits(
         out.print(f"wrote {output}: float32 {list(result.shape)} (fused GatedDeltaNet {fused_gdn})")
 
 
-def _load_npz(path: Path) -> dict:
-    import zipfile
-
-    import numpy as np
-
-    from gdnc.errors import InputError
-
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    import numpy as np
-
-    from gdnc.atomic import open_replacing
-
-    with open_replacing(path, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
 def _usage_errors() -> tuple[type, ...]:
     """The exception classes of bad command lines (``show()`` prints them, ``exit_code`` 2): typer's
     own since it vendors click (0.25+), click's before."""
@@ -501,8 +483,12 @@ def _main() -> None:
             usage: Any = exc  # click's exception API, whichever package defines it
             usage.show()
             sys.exit(usage.exit_code)
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (GDNC_DEBUG=1 shows the traceback)",
-                  highlight=False, soft_wrap=True)
+        reason = foreign_error(exc)
+        if reason is not None:
+            err.print(f"[red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(first_line(exc))} "
+                  "(GDNC_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
         sys.exit(2)
     if code == 130:  # typer's code for a KeyboardInterrupt (Terminated included)
         _stopped()

@@ -14,13 +14,13 @@ import onnx
 
 from gdnc import fused_op
 from gdnc.convert import emit_target
-from gdnc.errors import GdncError, InputError, first_line
+from gdnc.errors import ExecutionError, InputError, ModelLoadError, first_line
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
-from gdnc.runtime.onnx_ops.dtypes import torch_dtype
+from gdnc.runtime.onnx_ops.dtypes import array_from_tensor, torch_dtype
 
 MAX_RANDOM_ELEMENTS = 1 << 28  # per input: 1 GiB of fp32 drawn at most
 
@@ -51,15 +51,21 @@ class CompareResult:
                 "outputs": [vars(d) for d in self.diffs]}
 
 
-def _ort_session(proto: onnx.ModelProto):
+def _ort_run(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], which: str) -> list:
+    """The outputs of ``proto`` run by onnxruntime (CPU) on ``feeds``; ModelLoadError when it
+    does not load the model, ExecutionError when it fails to run it (``which`` names it)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise GdncError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT's exception types share no base class
+        raise ModelLoadError(f"onnxruntime cannot load the {which} model: {first_line(exc)}") from exc
+    try:
+        return session.run(None, dict(feeds))
+    except Exception as exc:  # noqa: BLE001 - as above
+        raise ExecutionError(f"onnxruntime cannot run the {which} model: {first_line(exc)}") from exc
 
 
 def gdn_input_roles(model: Model) -> dict[str, str]:
@@ -158,12 +164,12 @@ def compare_file(
     roles = gdn_input_roles(converted)
     emit_target(converted, target)
     feeds = inputs if inputs is not None else random_inputs(original, seed, roles)
-    reference = _ort_session(model_to_proto(original)).run(None, feeds)
+    ours = Executor(converted).run(feeds)  # first: it checks every feed, one line naming the input
+    reference = _ort_run(model_to_proto(original), feeds, "original")
+    theirs = _ort_run(model_to_proto(converted), feeds, "converted")
     result = CompareResult(chains=len(report.chains), tolerance=tolerance)
     names = original.graph.outputs
-    ours = Executor(converted).run(feeds)
-    theirs = _ort_session(model_to_proto(converted)).run(None, feeds)
     for name, ref, gd, ort_out in zip(names, reference, ours.values(), theirs):
-        result.diffs.append(_diff(name, "gdnc", gd.cpu().numpy(), ref, tolerance))
+        result.diffs.append(_diff(name, "gdnc", array_from_tensor(gd), ref, tolerance))
         result.diffs.append(_diff(name, f"onnxruntime ({target})", np.asarray(ort_out), ref, tolerance))
     return result

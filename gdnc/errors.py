@@ -11,6 +11,19 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit] + " ..."
 
 
+def foreign_error(exc: BaseException) -> str | None:
+    """The one line a user sees for an exception from below gdnc that bad input can cause but no
+    check turned into a ``GdncError`` (arithmetic on a value, memory, onnxruntime refusing a
+    model or a feed); None for any other exception (a bug)."""
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({first_line(exc)})"
+    if isinstance(exc, ArithmeticError):
+        return f"arithmetic on a value of the input failed: {type(exc).__name__}: {first_line(exc)}"
+    if type(exc).__module__.startswith("onnxruntime"):  # its exception types share no base class
+        return f"onnxruntime: {first_line(exc)}"
+    return None
+
+
 class GdncError(Exception):
     """Base of every error gdnc reports to a user (one line, no traceback); ``fix``: what the
     user can do about it, when there is one thing to do (shown after the message)."""

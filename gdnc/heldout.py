@@ -102,8 +102,14 @@ class HeldOut:
                 "passed": self.passed}
 
 
+def relative_diff(a: float, b: float) -> float:
+    """(a - b) relative to the larger of |a|, |b|: what the tolerances bound (0 when both are 0)."""
+    scale = max(abs(a), abs(b))
+    return (a - b) / scale if scale else 0.0
+
+
 def _close(a: float, b: float, rel: float) -> bool:
-    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= rel * max(abs(a), abs(b))
+    return math.isfinite(a) and math.isfinite(b) and abs(relative_diff(a, b)) <= rel
 
 
 def read_text(path: Path) -> str:

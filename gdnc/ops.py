@@ -61,14 +61,19 @@ def _auto_backend(q: torch.Tensor, state_pool: torch.Tensor) -> str:
 
 
 def _check_kernel_inputs(backend: str, tensors: Sequence[torch.Tensor]) -> None:
-    """Kernels take fp32/bf16/fp16 tensors (q, k, v, g, beta, state_pool); the CPU kernels
-    CPU ones, Triton CUDA ones unless TRITON_INTERPRET=1."""
+    """Kernels take fp32/bf16/fp16 tensors (q, k, v, g, beta, state_pool) that need no grad
+    (they have no backward); the CPU kernels CPU ones, Triton CUDA ones unless TRITON_INTERPRET=1."""
     q = tensors[0]
     for name, x in zip(("q", "k", "v", "g", "beta", "state_pool"), tensors):
         if x.dtype not in KERNEL_DTYPES:
             raise OpArgumentError(
                 f"gated_delta_net: {name}: dtype {x.dtype} is not supported by backend "
                 f"{backend!r} (fp32, bf16, fp16; use backend='reference' for fp64)"
+            )
+        if x.requires_grad and torch.is_grad_enabled():
+            raise OpArgumentError(
+                f"gated_delta_net: {name}: requires grad, but backend {backend!r} has no backward; "
+                "call it under torch.no_grad() or torch.inference_mode()"
             )
     if backend == "cpu" and q.device.type != "cpu":
         raise OpArgumentError(f"gated_delta_net: backend 'cpu' needs CPU tensors, got {q.device}")

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from gdnc.compare import CompareResult
 from gdnc.gguf_compare import GgufComparison
-from gdnc.heldout import HeldOut
+from gdnc.heldout import HeldOut, relative_diff
 from gdnc.passes.pipeline import ConversionReport
 
 
@@ -24,11 +24,11 @@ def print_report(console: Console, report: ConversionReport, title: str = "conve
             table.add_row(c.node, str(c.sequences), str(c.steps), str(c.heads), str(c.key_dim),
                           str(c.value_dim), c.layout, c.gate, "yes" if c.initial_state else "zeros")
         console.print(table)
-    if report.misses:
+    if report.unfused:  # other rules' near-misses change nothing of what fuses: --json lists them
         table = Table(title="near-misses (not fused)")
         table.add_column("rule")
         table.add_column("reason")
-        for m in report.misses:
+        for m in report.unfused:
             table.add_row(m.rule, m.reason)
         console.print(table)
 
@@ -44,7 +44,9 @@ def print_histogram(console: Console, before: dict[str, int], after: dict[str, i
 
 
 def print_compare(console: Console, result: CompareResult) -> None:
-    table = Table(title=f"fused vs unfused (tolerance: relative L2 <= {result.tolerance:g})")
+    """The converted model's outputs (run by gdnc and by onnxruntime) against the original's in
+    onnxruntime; the relative L2 is what the tolerance bounds."""
+    table = Table(title=f"converted vs original in onnxruntime (pass: rel L2 <= {result.tolerance:g})")
     for col in ("output", "runner", "max |diff|", "rel L2", "result"):
         table.add_column(col)
     for d in result.diffs:
@@ -72,22 +74,23 @@ def print_gguf_compare(console: Console, result: GgufComparison) -> None:
 
 
 def print_heldout(console: Console, held: HeldOut) -> None:
-    """Perplexity per runner of the evaluated text, with the verdicts of ``HeldOut``."""
+    """Perplexity per runner of the evaluated text, with the verdicts of ``HeldOut``; the Δ shown
+    is the relative one its tolerances bound."""
     table = Table(title=f"perplexity of {held.text}: {held.tokens} tokens scored in {held.windows} "
                         f"windows of {held.width}")
-    for col in ("runner", "perplexity", "Δ vs fused", "seconds"):
+    for col in ("runner", "perplexity", "relative Δ vs fused", "seconds"):
         table.add_column(col)
     names = {"fused": "gdnc fused graph", "unfused": "gdnc unfused graphs",
              "hf": f"HF transformers ({held.hf})"}
     base = held.perplexity["fused"]
     for key, ppl in held.perplexity.items():
-        table.add_row(names[key], f"{ppl:.4f}", "" if key == "fused" else f"{ppl - base:+.2e}",
+        table.add_row(names[key], f"{ppl:.4f}", "" if key == "fused" else f"{relative_diff(ppl, base):+.1e}",
                       f"{held.seconds[key]:.1f}")
     console.print(table)
     same = ("to 4 digits" if held.device == "cpu"
-            else f"within {held.fused_tolerance:.0e} (tf32 dots on {held.device})")
+            else f"within {held.fused_tolerance:.0e} relative (tf32 dots on {held.device})")
     verdicts = [(f"fused = unfused {same}", held.fused_matches_unfused)]
     if held.hf_matches is not None:
-        verdicts.append(("fused = HF within 1e-3", held.hf_matches))
+        verdicts.append(("fused = HF within 1e-3 relative", held.hf_matches))
     console.print("; ".join(f"[green]pass[/]: {text}" if ok else f"[red]FAIL[/]: not {text}"
                             for text, ok in verdicts))

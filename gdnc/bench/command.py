@@ -25,7 +25,7 @@ from gdnc.bench.tables import print_tables
 from gdnc.bench.timing import device_info
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.hybrid_config import hybrid_config
-from gdnc.runtime.hybrid_runner import runtime_device
+from gdnc.runtime.device import runtime_device
 
 
 def _load() -> tuple[float, ...]:
@@ -49,8 +49,8 @@ def run_bench(model: Path, opts: BenchOptions, plot: Path | None, as_json: bool,
         torch.set_num_threads(opts.threads)
     ctx = Context(device, opts)
     shapes = tuple(dict.fromkeys((GdnShape(cfg.n_v_heads, cfg.k_dim, cfg.v_dim), *opts.shapes)))
+    op_suites, op_jobs = op_plan(cfg, shapes, ctx)  # first: it refuses shapes the memory cannot hold
     model_suites, model_jobs = model_plan(file, ctx)
-    op_suites, op_jobs = op_plan(cfg, shapes, ctx)
     jobs = model_jobs + op_jobs
     result = BenchResult(str(model), cfg.arch, device_info(device), opts.rounds,
                          suites=model_suites + op_suites)

@@ -15,11 +15,24 @@ import torch
 from gdnc.bench.options import GdnShape
 
 MAX_COPIES = 64
+ROTATION_OVERFLOW = 3  # a pass over the rotated pools overflows the cache this many times
 
 
 def rotation_copies(shape: GdnShape, batch: int, cache_bytes: int) -> int:
-    """Pools to rotate over so that a pass over them overflows the cache three times (2 to 64)."""
-    return max(2, min(MAX_COPIES, math.ceil(3 * cache_bytes / (batch * shape.state_bytes))))
+    """Pools to rotate over so that a pass over them overflows the cache ``ROTATION_OVERFLOW``
+    times (2 to ``MAX_COPIES``: small states fall short of it)."""
+    want = ROTATION_OVERFLOW * cache_bytes / (batch * shape.state_bytes)
+    return max(2, min(MAX_COPIES, math.ceil(want)))
+
+
+def op_bytes(shape: GdnShape, batch: int, tokens: int, copies: int) -> dict[str, int]:
+    """fp32 bytes one point needs: the pools and the token tensors ``OpInputs`` allocates, and
+    room for what a competitor makes while it runs (the unfused chain's per-token states, the
+    peers' copies of a pool: taken as four more states per sequence)."""
+    n, state = batch * tokens, batch * shape.state_bytes
+    return {"state pools": copies * state,
+            "token tensors": 4 * n * shape.HV * (2 * shape.K + 2 * shape.V + 2),
+            "competitors' temporaries": 4 * state}
 
 
 class OpInputs:

@@ -15,7 +15,7 @@ from functools import partial
 import torch
 
 from gdnc.bench import peers
-from gdnc.bench.op_inputs import OpInputs, rotation_copies
+from gdnc.bench.op_inputs import ROTATION_OVERFLOW, OpInputs, op_bytes, rotation_copies
 from gdnc.bench.options import GdnShape
 from gdnc.bench.plan import WARMUP, Context, Job
 from gdnc.bench.results import FUSED, UNFUSED, Measure, Suite
@@ -24,6 +24,7 @@ from gdnc.bench.unfused_chain import UnfusedChain
 from gdnc.errors import first_line
 from gdnc.frontends.hybrid_config import HybridConfig
 from gdnc.ops import gated_delta_net
+from gdnc.runtime import memory
 
 Call = Callable[[int], object]
 Factory = Callable[[OpInputs], Call]
@@ -64,14 +65,32 @@ def peer_measure(suite: Suite, name: str, measure: Callable[[], Measure | None])
         return None
 
 
+def check_memory(shape: GdnShape, ctx: Context, cache: int) -> None:
+    """MemoryShortError, before anything is allocated, when the largest op-level point at
+    ``shape`` needs more memory than the device has available."""
+    points = [(f"decode at batch {b}", b, 1, rotation_copies(shape, b, cache)) for b in ctx.opts.batches]
+    points += [(f"prefill of {n} tokens", 1, n, 1) for n in ctx.opts.lengths]
+    what, batch, tokens, copies = max(points, key=lambda p: sum(op_bytes(shape, *p[1:]).values()))
+    memory.require(op_bytes(shape, batch, tokens, copies), ctx.device,
+                   f"the op level at HVxKxV {shape.label} ({memory.size(shape.state_bytes)} of state "
+                   f"per sequence), {what},", fix="give a smaller --shape, --batches or --lengths")
+
+
 def op_plan(cfg: HybridConfig, shapes: tuple[GdnShape, ...], ctx: Context) -> tuple[list[Suite], list[Job]]:
     """Suites op_decode (x: batch) and op_prefill (x: length) per shape; one job per competitor
-    and point."""
+    and point. Every shape's memory is checked first (``check_memory``); decode points whose
+    rotated pools cannot overflow the last-level cache as planned are noted in the suite
+    (``cache_resident``)."""
     cache = cache_bytes(ctx.device)
+    for shape in shapes:
+        check_memory(shape, ctx, cache)
     suites, jobs = [], []
     for shape in shapes:
         decode = Suite("op_decode", f"Op decode (T = 1), HVxKxV {shape.label}", "batch", ctx.opts.batches,
                        shape)
+        pools = {b: rotation_copies(shape, b, cache) * b * shape.state_bytes for b in decode.xs}
+        decode.cache_bytes = cache
+        decode.cache_resident = {b: n for b, n in pools.items() if n < ROTATION_OVERFLOW * cache}
         prefill = Suite("op_prefill", f"Op prefill: one sequence of L tokens, HVxKxV {shape.label}",
                         "length", ctx.opts.lengths, shape)
         suites += [decode, prefill]

@@ -52,7 +52,10 @@ class Row:
 @dataclass
 class Suite:
     """``key``: model_decode, model_prefill, op_decode or op_prefill; ``x_name``: batch or
-    length; ``skipped``: competitor -> why it did not run (not installed, ...)."""
+    length; ``skipped``: competitor -> why it did not run (not installed, ...). Op decode:
+    ``cache_resident``, point -> bytes of its rotated pools where they are too few to overflow
+    the ``cache_bytes`` of last-level cache as planned (part of the state reads hit the cache:
+    such a point can pass 100% of the copy bandwidth)."""
 
     key: str
     title: str
@@ -60,6 +63,8 @@ class Suite:
     xs: tuple[int, ...]
     shape: GdnShape | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    cache_bytes: int = 0
+    cache_resident: dict[int, int] = field(default_factory=dict)
     rows: list[Row] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +83,7 @@ class Suite:
             "suite": self.key, "title": self.title, "x": self.x_name,
             "shape": None if self.shape is None else vars(self.shape),
             "competitors": self.competitors, "skipped": self.skipped,
+            "cache_bytes": self.cache_bytes, "cache_resident": self.cache_resident,
             "rows": [{self.x_name: r.x, **{n: m.to_json() for n, m in r.results.items()},
                       "fused_speedup": r.speedups()} for r in self.rows],
         }

@@ -41,9 +41,26 @@ def header(result: BenchResult) -> str:
     return "; ".join(parts)
 
 
+def _cache_note(suite: Suite) -> str | None:
+    """Why the points marked * can pass 100% of the copy bandwidth (``Suite.cache_resident``)."""
+    if not suite.cache_resident:
+        return None
+    pools = max(suite.cache_resident.values())
+    return (f"* {suite.x_name} {', '.join(map(str, suite.cache_resident))}: the rotated state pools "
+            f"({_mib(pools)} MiB at most) are too few bytes to overflow the {_mib(suite.cache_bytes)} MiB "
+            "last-level cache as planned, so part of the states are read from the cache: such rows "
+            "can pass 100% of the copy bandwidth (measured from memory)")
+
+
+def _mib(n: int) -> str:
+    return number(n / 2**20)
+
+
 def suite_table(suite: Suite) -> Table:
-    """Rows grouped by point; the last column is fused throughput / this competitor's."""
-    caption = "; ".join(f"{n}: {why}" for n, why in suite.skipped.items())
+    """Rows grouped by point; the last column is fused throughput / this competitor's. A point
+    whose states partly stay in the cache has its % of copy bandwidth marked * (caption)."""
+    notes = [f"{n}: {why}" for n, why in suite.skipped.items()]
+    caption = "; ".join([*notes, *filter(None, [_cache_note(suite)])])
     table = Table(title=suite.title, caption=caption or None, title_justify="left")
     table.add_column(suite.x_name, justify="right")
     table.add_column("competitor")
@@ -54,6 +71,8 @@ def suite_table(suite: Suite) -> Table:
         speedups = row.speedups()
         for j, (name, m) in enumerate(row.results.items()):
             cells = [str(row.x) if j == 0 else "", name, *(cell(m) for _, cell in COLUMNS[suite.key])]
+            if row.x in suite.cache_resident:
+                cells[-1] += "*"
             cells.append("" if name == FUSED else f"{speedups[name]:.2f}x" if name in speedups else "-")
             table.add_row(*cells, end_section=j == len(row.results) - 1)
     return table

@@ -74,9 +74,9 @@ def inspection_figure(model_name: str, report: ConversionReport, layer: LayerVie
         subtitle = _subtitle(layer, report)
     else:
         left = MessagePanel([f"{NO_CHAIN}: nothing is fused",
-                             *(f"near-miss: {m.reason}" for m in report.misses[:8])], "no-chain")
+                             *(f"near-miss: {m.reason}" for m in report.unfused[:8])], "no-chain")
         left_title = "before"
-        subtitle = f"{NO_CHAIN} ({len(report.misses)} near-misses)"
+        subtitle = f"{NO_CHAIN} ({len(report.unfused)} near-misses)"
     ops = set(report.ops_before) | set(report.ops_after)
     hist_h = HIST_ROW_H * len(ops) + 0.6
     col_w = max(HIST_W, 0.0 if right is None else right.width)

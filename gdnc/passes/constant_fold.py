@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from gdnc.errors import GdncError
 from gdnc.ir.graph import Graph, Model
 from gdnc.passes.patterns import ONNX_DOMAINS, static_shape
 from gdnc.runtime.node_eval import eval_node
+from gdnc.runtime.onnx_ops.dtypes import array_from_tensor, tensor_from_array
+from gdnc.runtime.onnx_ops.shape_ops import range_length
 
 MAX_FOLDED_ELEMENTS = 1 << 16
 _NEVER_FOLD = frozenset({"Constant", "RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -50,10 +51,10 @@ def fold_constants(model: Model) -> int:
             if arrays is None or _output_elements(g, node, arrays) > MAX_FOLDED_ELEMENTS:
                 continue
             try:
-                tensors = [None if a is None else torch.from_numpy(np.array(a)) for a in arrays]
-                values = [t.numpy() for t in eval_node(node, tensors, model.opset(node.domain))]
-            except (GdncError, RuntimeError, ValueError, TypeError, IndexError):
-                continue
+                tensors = [None if a is None else tensor_from_array(a) for a in arrays]
+                values = [array_from_tensor(t) for t in eval_node(node, tensors, model.opset(node.domain))]
+            except (GdncError, RuntimeError, ValueError, TypeError, IndexError, ArithmeticError):
+                continue  # bad values: left to the runtime, which names the node
         if any(v.size > MAX_FOLDED_ELEMENTS for v in values):
             continue
         outputs = list(node.outputs)
@@ -79,9 +80,10 @@ def _output_elements(g: Graph, node, arrays: list[np.ndarray | None]) -> int:
         elif op == "Tile" and x[0] is not None and x[1] is not None:
             known.append(x[0].size * math.prod(int(d) for d in x[1].reshape(-1)))
         elif op == "Range":
-            start, limit, delta = (float(a.reshape(-1)[0]) for a in x)  # type: ignore[union-attr]
-            known.append(max(math.ceil((limit - start) / delta), 0) if delta else 0)
-    except (TypeError, ValueError, OverflowError, IndexError):
+            known.append(range_length(*(a.reshape(-1)[0].item() for a in x)))  # type: ignore[union-attr]
+        elif op == "OneHot" and x[0] is not None and x[1] is not None:
+            known.append(x[0].size * int(x[1].reshape(-1)[0]))
+    except (GdncError, TypeError, ValueError, ArithmeticError, IndexError):
         return MAX_FOLDED_ELEMENTS + 1  # nonsense sizes: leave the node to the runtime's checks
     return max(known, default=0)
 

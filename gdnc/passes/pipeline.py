@@ -12,7 +12,7 @@ from gdnc.ir.graph import Model
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
 from gdnc.passes.data_movement import FoldDataMovement
-from gdnc.passes.delta_net import ABSORB_RULES, ChainInfo, fuse_delta_nets
+from gdnc.passes.delta_net import ABSORB_RULES, UNFUSED_RULES, ChainInfo, fuse_delta_nets
 from gdnc.passes.rewrite import Miss, graph_rewrite
 from gdnc.passes.shapes import infer_shapes
 
@@ -30,6 +30,11 @@ class ConversionReport:
     fired: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     target: str = "native"
+
+    @property
+    def unfused(self) -> list[Miss]:
+        """The near-misses that left a candidate step or chain unfused (``UNFUSED_RULES``)."""
+        return [m for m in self.misses if m.rule in UNFUSED_RULES]
 
     def to_json(self) -> dict:
         return {

@@ -17,10 +17,11 @@ import torch
 from onnx import numpy_helper
 
 import gdnc.runtime.fused_ops  # noqa: F401  (registers ai.gdnc ops)
-from gdnc.errors import ExecutionError, GdncError, InputError, first_line
+from gdnc.errors import ExecutionError, GdncError, InputError, ShapeError, first_line
 from gdnc.ir.graph import Graph, Model
+from gdnc.runtime.device import runtime_device
 from gdnc.runtime.node_eval import op_context
-from gdnc.runtime.onnx_ops.dtypes import torch_dtype
+from gdnc.runtime.onnx_ops.dtypes import tensor_from_array, torch_dtype
 from gdnc.runtime.registry import OpContext, OpImpl, host_inputs, lookup
 
 
@@ -65,11 +66,11 @@ class GraphRunner:
                  donate: Iterable[str] = ()) -> None:
         self.graph = graph
         self.device = device
-        host = {name: torch.from_numpy(np.array(numpy_helper.to_array(t)))
-                for name, t in graph.initializers.items()}
-        self.constants = {name: t.to(device) for name, t in host.items()}
         order = graph.topological_order()
         reads = [graph.reads(nid) for nid in order]
+        read = {name for names in reads for name in names} | set(graph.outputs)
+        host = {name: _initializer(name, t) for name, t in graph.initializers.items() if name in read}
+        self.constants = {name: t.to(device) for name, t in host.items()}
         last_use = {name: i for i, names in enumerate(reads) for name in names}
         keep = set(graph.outputs) | set(self.constants)
         donate = {n for n in donate if n in graph.inputs and n not in keep}
@@ -118,9 +119,9 @@ class GraphRunner:
             ctx = step.ctx if step.implicit is None else self._with_scope(step, env)
             try:
                 outs = step.impl(ctx, args)
-            except GdncError:
-                raise
-            except (RuntimeError, IndexError, ValueError, TypeError, MemoryError) as exc:
+            except GdncError as exc:
+                raise type(exc)(f"node {step.name!r} ({step.op}): {exc}", fix=exc.fix) from exc
+            except (RuntimeError, IndexError, ValueError, TypeError, ArithmeticError, MemoryError) as exc:
                 # what torch says about bad values (indices, sizes) in a model: one line naming the node
                 raise ExecutionError(f"node {step.name!r} ({step.op}): {first_line(exc)}") from exc
             for name, value in zip(step.outputs, outs):
@@ -129,6 +130,14 @@ class GraphRunner:
             for name in step.frees:
                 env.pop(name, None)
         return [env[name] for name in self.graph.outputs]
+
+
+def _initializer(name: str, tensor) -> torch.Tensor:
+    """Initializer ``name`` as a host tensor; ShapeError naming it when torch cannot hold it."""
+    try:
+        return tensor_from_array(numpy_helper.to_array(tensor))
+    except ShapeError as exc:
+        raise ShapeError(f"initializer {name!r}: {exc}") from None
 
 
 class Executor:
@@ -140,7 +149,7 @@ class Executor:
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", donate: Iterable[str] = ()) -> None:
         self.model = model
-        self.device = torch.device(device)
+        self.device = runtime_device(device)
         self.runner = GraphRunner(model.graph, model.opset_imports, self.device, donate)
 
     @property
@@ -150,11 +159,13 @@ class Executor:
 
     def _feed(self, name: str, value: np.ndarray | torch.Tensor) -> torch.Tensor:
         spec = self.model.graph.value(name)
-        tensor = torch.as_tensor(value).to(self.device) if isinstance(value, torch.Tensor) \
-            else torch.from_numpy(np.require(value, requirements="C")).to(self.device)  # keeps rank 0
-        if spec.dtype and torch_dtype(spec.dtype) != tensor.dtype:
-            raise InputError(
-                f"input {name!r}: dtype {tensor.dtype} given, the model wants {torch_dtype(spec.dtype)}")
+        try:
+            dtype = torch_dtype(spec.dtype) if spec.dtype else None
+            tensor = value if isinstance(value, torch.Tensor) else tensor_from_array(value, raw_as=dtype)
+        except ShapeError as exc:
+            raise InputError(f"input {name!r}: {exc}") from None
+        if dtype is not None and dtype != tensor.dtype:
+            raise InputError(f"input {name!r}: dtype {tensor.dtype} given, the model wants {dtype}")
         if spec.shape is not None:
             if len(spec.shape) != tensor.dim():
                 raise InputError(f"input {name!r}: rank {tensor.dim()} given, the model wants "
@@ -163,7 +174,7 @@ class Executor:
                 if isinstance(want, int) and want != got:
                     raise InputError(f"input {name!r}: shape {list(tensor.shape)} given, the model "
                                      f"wants {list(spec.shape)}")
-        return tensor
+        return tensor.to(self.device)
 
     def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
         missing = [n for n in self.input_names if n not in feeds]

@@ -31,6 +31,7 @@ from gdnc.passes.composition import CU_SEQLENS, lift_sequence_layout
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime import memory
 from gdnc.runtime.batch_plan import DEFAULT_CHUNK, Limits, max_score_elements, plan_runs
+from gdnc.runtime.device import runtime_device
 from gdnc.runtime.executor import Executor
 
 CACHED_UNFUSED = 16
@@ -44,20 +45,6 @@ class Entry:
 
     slot: int
     tokens: tuple[int, ...]
-
-
-def runtime_device(name: str | torch.device) -> torch.device:
-    """``name`` as a torch device this machine has; InputError otherwise."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {name!r} is not a device name",
-                         fix="use --device cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r}: no CUDA device on this machine", fix="use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device {name!r}: gdnc runs on cpu or cuda", fix="use --device cpu or cuda")
-    return device
 
 
 class PoolFullError(InputError):

@@ -106,6 +106,19 @@ def test_bad_input_is_one_line(tmp_path, case):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama.gguf", "text.gguf"]
 
 
+def test_op_shapes_the_memory_cannot_hold_are_refused_before_allocating(tmp_path, monkeypatch):
+    """--shape 1024,1024,1024: a 4 GiB state per sequence; with 16 GiB available (whatever this
+    machine has), one line naming the bytes, before anything is measured or written."""
+    from gdnc.runtime import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 16 << 30)
+    outcome = run_cli(["bench", str(MODEL), "--shape", "1024,1024,1024", "--batches", "1,8",
+                       "--plot", str(tmp_path / "x.png")])
+    _one_line(outcome, "HVxKxV 1024x1024x1024 (4.0 GiB of state per sequence), decode at batch 8")
+    assert "needs about 192.1 GiB" in outcome.stderr and "16.0 GiB is available" in outcome.stderr
+    assert outcome.seconds < 10 and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("target, needle", [("no/x.png", "no folder"), ("x.nope", "image format"),
                                             ("x.png/", "is a directory")])
 def test_bad_plot_target_is_refused_before_measuring(tmp_path, target, needle):

@@ -90,6 +90,8 @@ BAD = {
     "out of another dtype": (lambda a: {"out": torch.empty(sum(LENS), HV, V, device=DEVICE,
                                                            dtype=torch.float16)}, "out: must be"),
     "unknown head map": (lambda a: {"head_map": "blocked"}, "head_map: 'blocked'"),
+    "pool that requires grad": (lambda a: {"state_pool": a["state_pool"].requires_grad_()},
+                                "state_pool: requires grad"),
 }
 if DEVICE == "cuda":
     BAD["pool on another device"] = (lambda a: {"state_pool": a["state_pool"].cpu()},
@@ -111,6 +113,31 @@ def test_bad_call_is_refused_before_launch(case, backend):
     assert torch.equal(args["state_pool"], before_pool), "the pool changed before the error"
     assert torch.equal(out, before_out), "out was written before the error"
     TALLY.refused["kernel"] += 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_that_requires_grad_is_written_under_no_grad(backend):
+    """Under torch.no_grad a pool that requires grad is updated in place, as without grad."""
+    args = _args(backend, seed=11)
+    plain = args["state_pool"].clone()
+    want = gated_delta_net(**{**args, "state_pool": plain})
+    pool = args["state_pool"].requires_grad_()
+    with torch.no_grad():
+        o = gated_delta_net(**{**args, "state_pool": pool})
+    assert torch.equal(o, want) and torch.equal(pool.detach(), plain)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+def test_kernels_refuse_inputs_that_require_grad(backend):
+    """The kernels have no backward: q requiring grad is refused while autograd records (the
+    reference backend follows autograd, so it is not refused there)."""
+    args = _args(backend, seed=12)
+    args["q"].requires_grad_()
+    with pytest.raises(OpArgumentError, match=f"q: requires grad, but backend '{backend}' has no backward"):
+        gated_delta_net(**args)
+    reference = gated_delta_net(**{**args, "backend": "reference"})
+    reference.sum().backward()
+    assert args["q"].grad is not None and bool(args["q"].grad.abs().sum() > 0)
 
 
 def _strided(x: torch.Tensor) -> torch.Tensor:

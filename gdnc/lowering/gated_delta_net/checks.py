@@ -81,6 +81,15 @@ def _check_writable(name: str, x: torch.Tensor) -> None:
         extent += stride * (size - 1)
 
 
+def _check_grad(name: str, x: torch.Tensor) -> None:
+    """A tensor written in place must not be a leaf that requires grad while autograd records:
+    autograd forbids writing one."""
+    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
+        raise _fail(name, f"requires grad and is written in place, which autograd forbids on a leaf "
+                          f"tensor; pass {name}.detach() (updated without gradients) or call under "
+                          "torch.no_grad()")
+
+
 def _check_index(name: str, idx: torch.Tensor | None, N: int) -> None:
     if idx is None:
         return
@@ -146,8 +155,10 @@ def validate(
         _check_float(name, x)
     _check_device(named)
     _check_writable("state_pool", state_pool)
+    _check_grad("state_pool", state_pool)
     if token_states is not None:
         _check_writable("token_states", token_states)
+        _check_grad("token_states", token_states)
 
     if q.dim() != 3:
         raise _fail("q", f"shape {_shape(q)} must have rank 3 [T_total, H, K]")

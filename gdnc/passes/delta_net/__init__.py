@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gdnc.passes.delta_net.absorb import AbsorbHeadRepeat, AbsorbL2Norm, AbsorbQScale
 from gdnc.passes.delta_net.chains import Chain, find_chains
-from gdnc.passes.delta_net.fuse import ChainInfo, FusionResult, fuse_delta_nets
+from gdnc.passes.delta_net.fuse import UNFUSED_RULES, ChainInfo, FusionResult, fuse_delta_nets
 from gdnc.passes.delta_net.steps import Step, match_step
 
 
@@ -14,7 +14,7 @@ def ABSORB_RULES(opset: int) -> list:  # noqa: N802 - reads as the rule list it 
 
 
 __all__ = [
-    "ABSORB_RULES", "AbsorbHeadRepeat", "AbsorbL2Norm", "AbsorbQScale", "Chain", "ChainInfo",
-    "FusionResult", "Step", "find_chains",
+    "ABSORB_RULES", "UNFUSED_RULES", "AbsorbHeadRepeat", "AbsorbL2Norm", "AbsorbQScale", "Chain",
+    "ChainInfo", "FusionResult", "Step", "find_chains",
     "fuse_delta_nets", "match_step",
 ]

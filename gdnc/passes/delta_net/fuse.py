@@ -17,9 +17,15 @@ from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
 from gdnc.passes.delta_net.chains import Chain, find_chains
 from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
+from gdnc.passes.delta_net.steps import RULE as STEP_RULE
 from gdnc.passes.delta_net.steps import Step
 from gdnc.passes.patterns import is_zero_const, known_dim, shape_of
 from gdnc.passes.rewrite import Miss
+
+FUSE_RULE = "delta-net-fuse"
+# the rules whose near-misses leave a candidate step or chain unfused; the others' (chains of
+# several sequences fused one sequence at a time, simplify rules) change nothing of what fuses
+UNFUSED_RULES = frozenset({STEP_RULE, FUSE_RULE})
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
     first, last = steps[0], steps[-1]
     batch_dims = first.rank - 3
     if batch_dims > 1:
-        return Miss("delta-net-fuse", f"{last.new}: state has {batch_dims} batch dims (max 1)")
+        return Miss(FUSE_RULE, f"{last.new}: state has {batch_dims} batch dims (max 1)")
     position = max(g.position(n) for s in steps for n in s.nodes)
     o_values = [s.o for s in steps]
     o_meta = [(g.value(v).dtype, g.value(v).shape) for v in o_values]

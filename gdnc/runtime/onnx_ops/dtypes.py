@@ -1,4 +1,5 @@
-"""ONNX ``TensorProto`` element types <-> torch dtypes, and attribute tensors -> torch."""
+"""ONNX ``TensorProto`` element types <-> torch dtypes, numpy arrays <-> torch tensors (the
+bfloat16 / float8 types too), and attribute tensors -> torch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from gdnc.errors import ShapeError
 
@@ -34,6 +35,13 @@ _PAIRS: tuple[tuple[int, torch.dtype], ...] = (
 )
 _TO_TORCH = dict(_PAIRS)
 _TO_ONNX = {dtype: elem for elem, dtype in _PAIRS}
+# torch dtypes numpy has no type of its own for: numpy holds them as ml_dtypes' types (what
+# onnx's numpy_helper returns); torch and numpy exchange them as ints of their bits
+_BITS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8, torch.float8_e4m3fnuz: torch.int8,
+         torch.float8_e5m2: torch.int8, torch.float8_e5m2fnuz: torch.int8}
+_NUMPY = {dtype: np.dtype(helper.tensor_dtype_to_np_dtype(_TO_ONNX[dtype])) for dtype in _BITS}
+_FROM_NUMPY = {np_dtype: dtype for dtype, np_dtype in _NUMPY.items()}
+_BITS_NUMPY = {torch.int16: np.int16, torch.int8: np.int8}
 
 
 def torch_dtype(onnx_elem_type: int) -> torch.dtype:
@@ -61,8 +69,37 @@ def _elem_name(elem: int) -> str:
         return "unknown"
 
 
+def tensor_from_array(array: Any, raw_as: torch.dtype | None = None) -> torch.Tensor:
+    """``array`` as a CPU tensor of the same shape (rank 0 stays rank 0) and dtype, sharing its
+    memory when it is C-contiguous and writable (else from a copy). ml_dtypes' bfloat16 and
+    float8 arrays become torch's types; a raw-bytes (void) array becomes ``raw_as`` when its
+    items have that dtype's size (how ``np.savez`` stores bfloat16). ShapeError for a dtype
+    torch has none of (strings, objects)."""
+    array = np.asarray(array)
+    if not (array.flags.c_contiguous and array.flags.writeable):
+        array = np.array(array, order="C")
+    dtype = _FROM_NUMPY.get(array.dtype)
+    if dtype is None and raw_as is not None and raw_as in _BITS and array.dtype.kind == "V" \
+            and array.dtype.itemsize == raw_as.itemsize:
+        dtype = raw_as
+    if dtype is not None:
+        return torch.from_numpy(array.view(_BITS_NUMPY[_BITS[dtype]])).view(dtype)
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        raise ShapeError(f"numpy dtype {array.dtype} has no torch dtype") from None
+
+
+def array_from_tensor(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array on the host (bfloat16 / float8 as ml_dtypes' types)."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype not in _BITS:
+        return tensor.numpy()
+    return tensor.view(_BITS[tensor.dtype]).numpy().view(_NUMPY[tensor.dtype])
+
+
 def attr_tensor(value: Any, device: torch.device | str | None = None) -> torch.Tensor:
     """A TENSOR attribute (numpy array or ``TensorProto``) as a fresh torch tensor."""
     if isinstance(value, onnx.TensorProto):
         value = numpy_helper.to_array(value)
-    return torch.from_numpy(np.array(value, copy=True)).to(device)
+    return tensor_from_array(np.array(value, copy=True)).to(device)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from gdnc.errors import UnsupportedOpError
+from gdnc.errors import ShapeError, UnsupportedOpError
 from gdnc.runtime.onnx_ops.shape_ops import as_ints, norm_axis, optional_input
 from gdnc.runtime.registry import OpContext, register
 
@@ -108,11 +108,21 @@ def _nonzero(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [torch.nonzero(inputs[0]).T.contiguous()]
 
 
+def _depth(depth: torch.Tensor) -> int:
+    """OneHot's depth (one element, cast to an integer); ShapeError unless it is finite and >= 0."""
+    if depth.numel() != 1:
+        raise ShapeError(f"depth must hold one value, got shape {list(depth.shape)}")
+    value = depth.reshape(()).item()
+    if not math.isfinite(value) or value < 0:
+        raise ShapeError(f"depth {value} is not a finite count >= 0")
+    return int(value)
+
+
 @register("OneHot", since=9)
 def _one_hot(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """Output ``values[1]`` where index == position along ``axis``, else ``values[0]``."""
     indices, depth, values = inputs
-    depth = as_ints(depth.reshape(-1))[0]
+    depth = _depth(depth)
     index = _wrap(indices, depth)
     axis = norm_axis(ctx.attr("axis", -1), index.dim() + 1)
     hot = (index.unsqueeze(-1) == torch.arange(depth, device=index.device)).movedim(-1, axis)

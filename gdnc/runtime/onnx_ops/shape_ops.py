@@ -185,14 +185,22 @@ def _constant(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     raise UnsupportedOpError(f"Constant {ctx.node_name!r}: only numeric dense values are supported")
 
 
+def range_length(start: float, limit: float, delta: float) -> int:
+    """Range's element count, max(ceil((limit - start) / delta), 0); ShapeError for a delta of
+    0 or a count that is not finite (an infinite or NaN bound)."""
+    if delta == 0:
+        raise ShapeError(f"delta is 0 (start {start}, limit {limit}): the length is undefined")
+    exact = all(isinstance(v, int) for v in (start, limit, delta))
+    count = -((start - limit) // delta) if exact else (limit - start) / delta
+    if not math.isfinite(count):
+        raise ShapeError(f"start {start}, limit {limit}, delta {delta} give no finite length")
+    return max(math.ceil(count), 0)
+
+
 @register("Range", since=11)
 def _range(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
-    """``start + i * delta`` for i < max(ceil((limit - start) / delta), 0)."""
+    """``start + i * delta`` for i < ``range_length(start, limit, delta)``."""
     start, limit, delta = (t.item() for t in inputs)
     dtype, device = inputs[0].dtype, inputs[0].device
-    if dtype.is_floating_point:
-        n = math.ceil((limit - start) / delta)
-    else:
-        n = -((start - limit) // delta)
-    steps = torch.arange(max(n, 0), device=device).to(dtype)
+    steps = torch.arange(range_length(start, limit, delta), device=device).to(dtype)
     return [steps * delta + start]
