@@ -450,11 +450,10 @@ def main() -> None:
         warnings.simplefilter("always", GdncWarning)
         shown = warnings.showwarning
 
-        def show(message, category, *args, **kwargs) -> None:  # noqa: ANN001 - warnings' signature
-            if issubclass(category, GdncWarning):
-                err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
-            else:
-                shown(message, category, *args, **kwargs)
+        def show(message, category, *args, **kwargs) -> None:
+            if not issubclass(category, GdncWarning):
+                return shown(message, category, *args, **kwargs)
+            err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
         warnings.showwarning = show
         _main()

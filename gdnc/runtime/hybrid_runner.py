@@ -228,8 +228,8 @@ class HybridModel:
         ctx = n_ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
         memory.require(context_bytes(self.cfg, slots, ctx, self.limits, kept_logits), self.device,
                        f"a context of {ctx} tokens for {slots} sequence(s)",
-                       fix="use a smaller context (--ctx, or fewer tokens) or fewer sequences at once "
-                           "(--parallel)")
+                       fix="use a smaller context (--ctx, or fewer tokens)"
+                           + (" or fewer sequences at once (--parallel)" if slots > 1 else ""))
         if trained is not None and ctx > trained:
             warnings.warn(f"a context of {ctx} tokens is beyond the {trained} that {self.path} was "
                           f"trained on: output past {trained} tokens may degrade", GdncWarning,
