@@ -134,11 +134,13 @@ def _soak(path: Path, steps: int) -> None:
           f"({admitted} admitted, {cancelled} cancellations), seed {seed}")
 
 
-def _poisoned(path: Path, value: float) -> Path:
+def _poisoned(path: Path, value: float, token: int = POISONED_TOKEN) -> Path:
+    """``path`` with ``value`` in the embedding row of ``token``."""
     emb = np.array(GgufFile(path).tensor("token_embd.weight"))
-    emb[POISONED_TOKEN] = value
+    emb[token] = value
     name = "nan" if np.isnan(value) else "inf"
-    return rewrite(path, path.with_name(f"{name}-{path.name}"), tensors={"token_embd.weight": emb})
+    return rewrite(path, path.with_name(f"{name}-{token}-{path.name}"),
+                   tensors={"token_embd.weight": emb})
 
 
 SHORT_PROMPTS = ((1, 2, 3), (5, POISONED_TOKEN, 6, 7), (9,))
@@ -243,9 +245,7 @@ def _cli_poisoned(path: Path, bad: str, good: str = "") -> Path:
     tok = GgufTokenizer.from_metadata(GgufFile(path).metadata)
     first = tok.encode(bad)[0]
     assert first not in tok.encode(good)
-    emb = np.array(GgufFile(path).tensor("token_embd.weight"))
-    emb[first] = np.nan
-    return rewrite(path, path.with_name("cli-nan.gguf"), tensors={"token_embd.weight": emb})
+    return _poisoned(path, np.nan, first)
 
 
 @pytest.mark.parametrize(("good", "bad"), [

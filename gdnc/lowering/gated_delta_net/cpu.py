@@ -120,13 +120,13 @@ def _rows(x: torch.Tensor, p: _Plan, t0: int, t1: int, n: int) -> torch.Tensor:
     times 0: NaN * 0 is NaN): no update (beta 0), no decay (g 0), zero q, k and v."""
     T = t1 - t0
     if p.in_order or (n == 1 and t1 <= p.lens[0]):
-        return x[p.first + t0:p.first + t0 + n * T].float().view(n, T, *x.shape[1:])
-    rows = x.index_select(0, p.tok[:n, t0:t1].flatten()).view(n, T, *x.shape[1:])
-    ended = sum(length >= t1 for length in p.lens[:n])  # sorted: lens[ended:n] < t1
-    if ended < n:
-        pad = ~p.valid[ended:n, t0:t1].view(n - ended, T, *[1] * (x.dim() - 1))
-        rows[ended:].masked_fill_(pad, 0.0)
-    return rows.float()
+        rows = x[p.first + t0:p.first + t0 + n * T]
+    else:
+        rows = x.index_select(0, p.tok[:n, t0:t1].flatten())
+        if p.lens[n - 1] < t1:  # sorted longest first: the last ones end before t1
+            pad = (~p.valid[:n, t0:t1]).flatten().nonzero().squeeze(1)
+            rows.view(n * T, -1).index_fill_(0, pad, 0.0)  # writes the padding rows alone
+    return rows.float().view(n, T, *x.shape[1:])
 
 
 def _arrange(x: torch.Tensor, C: int) -> torch.Tensor:
