@@ -9,6 +9,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,15 +233,11 @@ def test_a_context_beyond_the_trained_one_is_one_warning_line(fixtures):
     TALLY.note("long-context", "beyond the trained context: one warning line")
     with pytest.warns(GdncWarning, match="beyond the 4096"):
         fixtures["qwen35"].new_pool(1, 4097)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fixtures["qwen35"].new_pool(1, 4096)  # at the trained context: no warning
 
 
-def test_available_memory_is_read(monkeypatch):
-    import torch
-
+def test_available_memory_is_read():
     cpu = memory.available_bytes(torch.device("cpu"))
     assert 0 < cpu <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
