@@ -3,7 +3,7 @@ saying what it is instead (a Hugging Face checkpoint folder, a safetensors file,
 
 Every command that takes MODEL dispatches on ``model_kind`` (a GGUF file named ``.bin`` is
 GGUF). A file named ``.gguf`` or ``.onnx`` goes to that loader even when damaged, so its
-error names what is wrong inside.
+error names what is wrong inside; one named ``.onnx`` that starts like GGUF is refused.
 """
 
 from __future__ import annotations
@@ -37,12 +37,16 @@ def model_kind(path: Path) -> str:
             head = fh.read(4096)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read the file ({exc.strerror})") from None
-    if head.startswith(b"GGUF") or path.suffix.lower() == ".gguf":
+    suffix = path.suffix.lower()
+    if head.startswith(b"GGUF") and suffix == ".onnx":
+        raise ModelLoadError(f"{path} starts like a GGUF file, not an ONNX model as its name says",
+                             fix="if it is GGUF, rename it to .gguf")
+    if head.startswith(b"GGUF") or suffix == ".gguf":
         return GGUF
     if _is_safetensors(head, path.stat().st_size):
         raise ModelLoadError(f"{path} is a safetensors weights file (as in a Hugging Face checkpoint); "
                              f"{_TAKES}", fix=_CONVERT)
-    if path.suffix.lower() == ".onnx" or head[:1] and head[0] in _ONNX_FIRST_BYTES:
+    if suffix == ".onnx" or head[:1] and head[0] in _ONNX_FIRST_BYTES:
         return ONNX
     what = "the file is empty" if not head else f"it starts with {head[:8]!r}"
     raise ModelLoadError(f"{path}: not a GGUF file or an ONNX model ({what}); {_TAKES}")

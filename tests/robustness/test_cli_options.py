@@ -141,3 +141,9 @@ def test_a_model_is_known_by_its_content(tmp_path) -> None:
         lengths = ["--lengths", "1"] if "gguf" in name else []
         outcome = run_cli(["inspect", str(tmp_path / name), "--json", *lengths], seconds=300)
         assert outcome.code == 0 and '"ops_after"' in outcome.stdout, outcome.stderr
+
+
+def test_a_gguf_file_named_onnx_is_refused(tmp_path) -> None:
+    shutil.copy(GGUF, tmp_path / "model.onnx")
+    check("GGUF named .onnx", ["inspect", tmp_path / "model.onnx"],
+          "starts like a GGUF file, not an ONNX model as its name says")
