@@ -15,6 +15,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
+from rich.rule import Rule
 from rich.text import Text
 
 from gdnc import progress
@@ -23,6 +24,8 @@ from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.hybrid_runner import HybridModel
 from gdnc.runtime.sampling import Sampling
+
+RULE_WIDTH = 80  # each sequence's header rule, at most (piped output is 1000 columns wide)
 
 END_OF_TEXT = " [end of text]"  # after a sequence that stopped at EOS, as llama.cpp prints it
 
@@ -237,7 +240,7 @@ def _print_sequence(out: Console, seq: Sequence, prompt: str, stream: TextStream
     if quiet:
         out.print(text, markup=False, highlight=False)
         return
-    out.rule(f"[{seq.id}]", align="left")
+    out.print(Rule(f"[{seq.id}]", align="left"), width=min(out.width, RULE_WIDTH))  # piped: not 1000 wide
     out.print(f"[dim]{_escape(prompt)}[/]{_escape(text + _ending(seq))}", highlight=False)
 
 
