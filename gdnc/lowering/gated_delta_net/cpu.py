@@ -3,7 +3,8 @@
 Both kernels follow the launch contract of ``launch.py``. They sort the launch's sequences
 longest first (stable), so the sequences still running at a time step (recurrent) or chunk
 (chunked) are a prefix of the batch; gather the inputs into a padded fp32 layout with one
-index per tensor (value heads mapped to their key heads); loop over time steps or chunks
+index per tensor (value heads mapped to their key heads; steps past a sequence's end are
+zero rows, so no value of one sequence enters another's chunk); loop over time steps or chunks
 with batched matmuls over sequences x heads (torch's intra-op threads); scatter o and token
 states back; and write the final states into ``state_dst``.
 
@@ -116,8 +117,9 @@ def _rows(x: torch.Tensor, p: _Plan, t0: int, t1: int, n: int) -> torch.Tensor:
     """x [T_total, heads, *D] -> fp32 [n, t1 - t0, heads, *D]: steps t0:t1 of the first n
     sorted sequences (a view of x when they are consecutive packed tokens).
 
-    Steps past a sequence's end are zeros, selected in (never another sequence's values
-    times 0: NaN * 0 is NaN): no update (beta 0), no decay (g 0), zero q, k and v."""
+    Steps past a sequence's end are zeros written over the gathered rows (never another
+    sequence's values times 0: NaN * 0 is NaN): no update (beta 0), no decay (g 0), zero
+    q, k and v; a sequence's terms never read another sequence's tokens."""
     T = t1 - t0
     if p.in_order or (n == 1 and t1 <= p.lens[0]):
         rows = x[p.first + t0:p.first + t0 + n * T]
