@@ -4,7 +4,7 @@ HV = H = 32 heads, K = V = 128, fp32 state in the "kv" layout. Competitors, all 
 machine in one run, each timed in its own block of calls right after the others, reported as
 the median (and min) over the rounds:
 
-- ``gdnc-rec`` / ``gdnc-chunk``: ``gdnc.ops.gated_delta_net(backend="cpu")`` with
+- ``gdnc-rec`` / ``gdnc-chunk``: ``gdnc.gated_delta_net(backend="cpu")`` with
   ``algorithm="recurrent"`` / ``"chunked"`` (the public pool form, validation included);
 - ``ort-la``: onnxruntime's fused ``com.microsoft::LinearAttention`` (update_rule
   "gated_delta", scale 0 = 1/sqrt(dk), log decay), one-node model, CPU provider;
@@ -42,7 +42,7 @@ from gdnc.atomic import write_text  # noqa: E402
 from gdnc.bench.options import GdnShape  # noqa: E402
 from gdnc.bench.peers import linear_attention_model, ort_session  # noqa: E402
 from gdnc.bench.timing import copy_bandwidth, time_calls  # noqa: E402
-from gdnc.ops import gated_delta_net  # noqa: E402
+from gdnc.lowering.gated_delta_net.api import gated_delta_net  # noqa: E402
 from tests.models.zoo import export_hf  # noqa: E402
 
 THREADS = 2

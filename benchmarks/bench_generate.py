@@ -21,7 +21,7 @@ import torch
 
 from examples.make_gguf_models import write_models
 from gdnc.atomic import write_text
-from gdnc.runtime.hybrid_runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
 
 
 def _sync(device: str) -> None:

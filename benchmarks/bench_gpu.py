@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from gdnc.atomic import write_text
+from gdnc.lowering.gated_delta_net.api import _kernel, gated_delta_net
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.triton_recurrent import (
@@ -39,7 +40,6 @@ from gdnc.lowering.gated_delta_net.triton_recurrent import (
     launch_kernel,
     run,
 )
-from gdnc.ops import _kernel, gated_delta_net
 
 H, HV, K, V = 16, 32, 128, 128
 SCALE = K**-0.5

@@ -54,7 +54,7 @@ def gpu_section(g: dict) -> str:
         "floor: state bytes read + written at the copy bandwidth. graph: GPU µs per call in a "
         "CUDA graph of calls rotating over inputs that overflow L2 (L2 flushed per replay). "
         "eager: wall µs per call of the kernel entry `run(launch)` (host included). api: wall "
-        "µs per call of the public `gdnc.ops.gated_delta_net` (validation included) with "
+        "µs per call of the public `gdnc.gated_delta_net` (validation included) with "
         "cu_seqlens/slots on the GPU (`api`) or on the host (`api host`). replay1: wall µs of "
         "one captured call (`DecodeGraph.replay()`; fla: its call captured alone).",
         "",

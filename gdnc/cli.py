@@ -153,8 +153,8 @@ def inspect(
     with progress.bars(err, enabled=not (as_json or quiet)):
         if model_kind(model) == GGUF:
             from gdnc.frontends.gguf_file import GgufFile
-            from gdnc.frontends.hybrid_graph import Composition, build_unfused
             from gdnc.gguf_export import parse_lengths
+            from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 
             graph = build_unfused(GgufFile(model), Composition(parse_lengths(lengths or "2,3")))
         else:
@@ -269,8 +269,8 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
     from gdnc import command_files
     from gdnc.frontends.onnx_model import load_onnx
     from gdnc.npz_io import load_npz, save_npz
+    from gdnc.opset.onnx_ops.dtypes import array_from_tensor
     from gdnc.runtime.executor import Executor
-    from gdnc.runtime.onnx_ops.dtypes import array_from_tensor
 
     command_files.check(models=[model], inputs=[inputs], outputs=[output])
     feeds = load_npz(inputs)
@@ -378,7 +378,7 @@ def ops(as_json: bool = typer.Option(False, "--json")) -> None:
     from rich.table import Table
 
     import gdnc.runtime.executor  # noqa: F401  (registers every op)
-    from gdnc.runtime.registry import supported_ops
+    from gdnc.opset.registry import supported_ops
 
     table_data = supported_ops()
     if as_json:
@@ -411,7 +411,7 @@ def logits(
     from gdnc.atomic import open_replacing
     from gdnc.errors import InputError
     from gdnc.frontends.model_kind import require_gguf
-    from gdnc.runtime.hybrid_runner import HybridModel
+    from gdnc.models.qwen_hybrid.runner import HybridModel
 
     require_gguf(model, "logits")
     fused = _fused_flag(fused_gdn)

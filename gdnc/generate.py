@@ -21,8 +21,8 @@ from rich.text import Text
 from gdnc import progress
 from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.models.qwen_hybrid.runner import HybridModel
 from gdnc.runtime.generation import Request, Scheduler, Sequence
-from gdnc.runtime.hybrid_runner import HybridModel
 from gdnc.runtime.sampling import Sampling
 
 RULE_WIDTH = 80  # each sequence's header rule, at most (piped output is 1000 columns wide)

@@ -4,7 +4,7 @@ Fused (default): the graph the gdnc runtime runs (``hybrid_runner.build_fused``:
 multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
 layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
 bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
-Inputs and outputs: ``gdnc.frontends.hybrid_graph``. Weights go to a data file beside the output
+Inputs and outputs: ``gdnc.models.qwen_hybrid.graph``. Weights go to a data file beside the output
 (relative location, ``OUT.<8 hex>.data``); both are written atomically (``save_onnx``).
 """
 
@@ -13,15 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gdnc import command_files, fused_op
+from gdnc import command_files
 from gdnc.atomic import keeping
 from gdnc.convert import TARGETS, emit_target
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_config import hybrid_config
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
 from gdnc.ir.to_onnx import external_data_files, save_onnx
-from gdnc.runtime.hybrid_runner import build_fused
+from gdnc.models.qwen_hybrid.config import hybrid_config
+from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
+from gdnc.models.qwen_hybrid.runner import build_fused
+from gdnc.opset import gated_delta_net as fused_op
 
 DEFAULT_LENGTHS = (8,)
 

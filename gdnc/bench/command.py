@@ -24,7 +24,7 @@ from gdnc.bench.results import BenchResult
 from gdnc.bench.tables import print_tables
 from gdnc.bench.timing import device_info
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_config import hybrid_config
+from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.runtime.device import runtime_device
 
 

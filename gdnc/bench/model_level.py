@@ -17,7 +17,7 @@ from gdnc.bench.plan import WARMUP, Context, Job
 from gdnc.bench.results import FUSED, UNFUSED, Measure, Suite
 from gdnc.bench.timing import time_calls
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.runtime.hybrid_runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
 
 
 def decode_measure(model: HybridModel, batch: int, ctx: Context) -> Measure:

@@ -3,7 +3,7 @@ rotated over pools that overflow the cache; state bytes read + written per secon
 (one sequence of L tokens; tokens per second).
 
 Competitors, each timed in its own block (warm-up, then the rounds): ``fused``, gdnc's kernel
-through the public ``gdnc.ops.gated_delta_net`` (cpu backend, or triton on CUDA; algorithm
+through the public ``gdnc.gated_delta_net`` (cpu backend, or triton on CUDA; algorithm
 auto; output into a preallocated buffer); ``unfused``, the per-token chain of the unfused graph
 run by gdnc's executor; and the peers where installed (``peers``)."""
 
@@ -22,8 +22,8 @@ from gdnc.bench.results import FUSED, UNFUSED, Measure, Suite
 from gdnc.bench.timing import cache_bytes, time_calls
 from gdnc.bench.unfused_chain import UnfusedChain
 from gdnc.errors import first_line
-from gdnc.frontends.hybrid_config import HybridConfig
-from gdnc.ops import gated_delta_net
+from gdnc.lowering.gated_delta_net.api import gated_delta_net
+from gdnc.models.qwen_hybrid.config import HybridConfig
 from gdnc.runtime import memory
 
 Call = Callable[[int], object]

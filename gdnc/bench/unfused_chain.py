@@ -10,10 +10,10 @@ from dataclasses import replace
 import torch
 
 from gdnc.bench.op_inputs import OpInputs
-from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
-from gdnc.frontends.hybrid_config import HybridConfig
-from gdnc.frontends.hybrid_graph import Composition, delta_net_layer
+from gdnc.ir.builder import FLOAT, INT64, Emit
 from gdnc.ir.graph import Model
+from gdnc.models.qwen_hybrid.config import HybridConfig
+from gdnc.models.qwen_hybrid.graph import Composition, delta_net_layer
 from gdnc.runtime.executor import Executor
 
 POOL = "ssm_state.0"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gdnc import fused_op
 from gdnc.drawing.symbols import StepLabels
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.opset import gated_delta_net as fused_op
 from gdnc.passes.delta_net import Chain, find_chains
 from gdnc.passes.pipeline import STAGES
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from onnx import TensorProto
 
-from gdnc import fused_op
 from gdnc.errors import RewriteError
 from gdnc.ir.graph import Model, Value
+from gdnc.opset import gated_delta_net as fused_op
 from gdnc.passes.cleanup import dead_code_elimination
 from gdnc.passes.shapes import infer_shapes
 

@@ -8,10 +8,10 @@ import numpy as np
 
 from gdnc.errors import GdncError
 from gdnc.ir.graph import Graph, Model
+from gdnc.opset.node_eval import eval_node
+from gdnc.opset.onnx_ops.dtypes import array_from_tensor, tensor_from_array
+from gdnc.opset.onnx_ops.shape_ops import range_length
 from gdnc.passes.patterns import ONNX_DOMAINS, static_shape
-from gdnc.runtime.node_eval import eval_node
-from gdnc.runtime.onnx_ops.dtypes import array_from_tensor, tensor_from_array
-from gdnc.runtime.onnx_ops.shape_ops import range_length
 
 MAX_FOLDED_ELEMENTS = 1 << 16
 _NEVER_FOLD = frozenset({"Constant", "RandomNormal", "RandomUniform", "RandomNormalLike",

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.opset.node_eval import eval_node
 from gdnc.passes.patterns import ONNX_DOMAINS, static_shape
 from gdnc.passes.rewrite import Miss
-from gdnc.runtime.node_eval import eval_node
 
 MOVEMENT_OPS = frozenset({
     "Gather", "GatherElements", "GatherND", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Flatten",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from gdnc.frontends.onnx_model import value_from_proto
+from gdnc.ir.from_onnx import value_from_proto
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto, value_to_proto
 

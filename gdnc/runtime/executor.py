@@ -19,10 +19,10 @@ from onnx import numpy_helper
 import gdnc.runtime.fused_ops  # noqa: F401  (registers ai.gdnc ops)
 from gdnc.errors import ExecutionError, GdncError, InputError, ShapeError, first_line
 from gdnc.ir.graph import Graph, Model
+from gdnc.opset.node_eval import op_context
+from gdnc.opset.onnx_ops.dtypes import tensor_from_array, torch_dtype
+from gdnc.opset.registry import OpContext, OpImpl, host_inputs, lookup
 from gdnc.runtime.device import runtime_device
-from gdnc.runtime.node_eval import op_context
-from gdnc.runtime.onnx_ops.dtypes import tensor_from_array, torch_dtype
-from gdnc.runtime.registry import OpContext, OpImpl, host_inputs, lookup
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from gdnc import fused_op
 from gdnc.errors import UnsupportedOpError
-from gdnc.fused_op import GdnAttrs
-from gdnc.ops import run_fused_node
-from gdnc.runtime.registry import OpContext, register
+from gdnc.lowering.gated_delta_net.api import run_fused_node
+from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.registry import OpContext, register
 
 
 @register(fused_op.OP_TYPE, domain=fused_op.DOMAIN)
 def gated_delta_net(ctx: OpContext, inputs: list) -> list:
-    """The fused node, through the best available kernel (see ``gdnc.ops``)."""
+    """The fused node, through the best available kernel (see ``gdnc.lowering.gated_delta_net``)."""
     return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs,
                           in_place=5 in ctx.donated)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gdnc.errors import InputError
-from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.sampling import Sampler, Sampling
 
 FINISHED = ("done", "cancelled", "failed")

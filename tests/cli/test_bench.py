@@ -23,7 +23,7 @@ from gdnc.bench.options import GdnShape
 from gdnc.bench.peers import OrtLinearAttention
 from gdnc.bench.unfused_chain import UnfusedChain
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_config import hybrid_config
+from gdnc.models.qwen_hybrid.config import hybrid_config
 from tests.cli.test_gguf_cli import _ok, gdnc_all
 from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import run_cli

@@ -63,7 +63,7 @@ def test_random_inputs_size_dims_written_as_arithmetic() -> None:
 
     from gdnc.compare import dim_size, random_inputs
     from gdnc.errors import InputError
-    from gdnc.frontends.onnx_model import model_from_proto
+    from gdnc.ir.from_onnx import model_from_proto
 
     def model(*dims: list) -> object:
         ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, d) for i, d in enumerate(dims)]

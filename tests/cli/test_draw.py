@@ -34,7 +34,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 # (S * k_t.unsqueeze(-1)).sum(-2), (v_t - kv_mem) * beta_t, k_t.unsqueeze(-1) * delta.unsqueeze(-2),
 # S + that, (S * q_t.unsqueeze(-1)).sum(-2); k_t.unsqueeze(-1) is computed once.
 HF_STEP = Counter({"Mul": 5, "Unsqueeze": 5, "ReduceSum": 2, "Exp": 1, "Sub": 1, "Add": 1})
-# gdnc's GGUF builder (frontends/hybrid_graph.py _delta_net) spells the same token with the
+# gdnc's GGUF builder (models/qwen_hybrid/graph.py _delta_net) spells the same token with the
 # decay's two unsqueezes kept apart
 GGUF_STEP = HF_STEP + Counter({"Unsqueeze": 1})
 

@@ -12,9 +12,9 @@ PROBE = """
 import sys
 import gdnc
 assert "torch" not in sys.modules and "onnx" not in sys.modules, "import gdnc loaded torch or onnx"
-assert "ops" in dir(gdnc) and "runtime" in dir(gdnc)
-op = gdnc.ops.gated_delta_net
-assert op.__module__ == "gdnc.ops" and "torch" in sys.modules
+assert "gated_delta_net" in dir(gdnc) and "runtime" in dir(gdnc)
+op = gdnc.gated_delta_net
+assert op is gdnc.lowering.gated_delta_net.gated_delta_net and "torch" in sys.modules
 assert gdnc.errors.GdncError is gdnc.GdncError and gdnc.runtime.__name__ == "gdnc.runtime"
 try:
     gdnc.no_such_thing

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from gdnc import progress
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.passes.pipeline import fuse_model
 
 ROOT = Path(__file__).resolve().parents[2]

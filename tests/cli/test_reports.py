@@ -24,8 +24,8 @@ from gdnc.bench.results import Measure, Suite
 from gdnc.bench.tables import suite_table
 from gdnc.bench.timing import Timing
 from gdnc.compare import CompareResult, OutputDiff
-from gdnc.frontends.onnx_model import model_from_proto
 from gdnc.heldout import HeldOut
+from gdnc.ir.from_onnx import model_from_proto
 from gdnc.passes.pipeline import fuse_model
 from gdnc.reporting import print_compare, print_heldout, print_report
 from tests.models.zoo import export_hf

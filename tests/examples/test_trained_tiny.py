@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.models.qwen_hybrid.runner import HybridModel
 from gdnc.runtime.generation import Request, Scheduler
-from gdnc.runtime.hybrid_runner import HybridModel
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

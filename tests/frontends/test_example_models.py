@@ -14,9 +14,9 @@ import pytest
 from examples import make_gguf_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.frontends.hybrid_config import hybrid_config
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
 from gdnc.ir.graph import Model
+from gdnc.models.qwen_hybrid.config import hybrid_config
+from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
 VARIANTS = ["f32", "q8_0"]

@@ -18,7 +18,7 @@ import pytest
 
 from gdnc.errors import GdncError, InputError, ModelLoadError
 from gdnc.gguf_export import export_gguf, parse_lengths
-from gdnc.runtime.hybrid_runner import Entry, HybridModel, StatePool, batch_feeds
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, StatePool, batch_feeds
 from tests.frontends.test_gguf_models import ARCHS, MAX_ABS, gguf_path, reference
 
 DATA_SUFFIX = r"\.[0-9a-f]{8}\.data"  # save_onnx names each data file for its write

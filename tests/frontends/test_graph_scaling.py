@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_graph import Composition, build_unfused
+from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 

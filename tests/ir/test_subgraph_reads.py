@@ -7,7 +7,8 @@ import onnx
 import pytest
 
 from gdnc.errors import GraphError
-from gdnc.frontends.onnx_model import load_onnx, model_from_proto
+from gdnc.frontends.onnx_model import load_onnx
+from gdnc.ir.from_onnx import model_from_proto
 from gdnc.ir.graph import Attr, Graph, Node
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination

@@ -25,8 +25,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gdnc.lowering.gated_delta_net.api import gated_delta_net
 from gdnc.lowering.gated_delta_net.cpu import KDA_CHUNK  # the shortest chunk
-from gdnc.ops import gated_delta_net
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 GPU = torch.cuda.is_available()

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from transformers.models.qwen3_next import modeling_qwen3_next
 
 from gdnc.errors import OpArgumentError
-from gdnc.fused_op import GdnAttrs
 from gdnc.lowering.gated_delta_net import gated_delta_net_reference, validate
-from gdnc.ops import gated_delta_net, gated_delta_net_functional, run_fused_node
+from gdnc.lowering.gated_delta_net.api import gated_delta_net, gated_delta_net_functional, run_fused_node
+from gdnc.opset.gated_delta_net import GdnAttrs
 from tests.models.hf_source import hf_function
 
 F64 = torch.float64

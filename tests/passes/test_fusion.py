@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gdnc import fused_op
 from gdnc.convert import convert_model, inspect_model
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
+from gdnc.opset import gated_delta_net as fused_op
 from gdnc.runtime.executor import Executor
 from tests.models.zoo import EXPORTERS, export_hf, export_variant
 
@@ -125,8 +125,8 @@ def test_traced_length_is_not_a_limit_of_the_fused_node() -> None:
     """An export traced at T=4 is wrong at T=6; the fused node (shape-free) is not."""
     import torch
 
-    from gdnc.fused_op import GdnAttrs
-    from gdnc.ops import run_fused_node  # the node's contract, independent of T
+    from gdnc.lowering.gated_delta_net.api import run_fused_node  # the node's contract, independent of T
+    from gdnc.opset.gated_delta_net import GdnAttrs
 
     zoo = export_hf(T=4, exporter="dynamo", gva=False, l2norm=False)
     model, _ = _convert(zoo.path)
@@ -188,9 +188,9 @@ def test_ort_target_on_hand_built_nodes(head_map: str, layout: str, kda: bool, b
     declared with a static batch or a symbolic one (a dynamic-batch export)."""
     import torch
 
-    from gdnc.fused_op import GdnAttrs
     from gdnc.ir.graph import Graph, Node, make_attrs
-    from gdnc.ops import run_fused_node
+    from gdnc.lowering.gated_delta_net.api import run_fused_node
+    from gdnc.opset.gated_delta_net import GdnAttrs
     from gdnc.passes.targets.ort import lower_to_linear_attention
 
     B, T, H, HV, K, V = 2, 5, 2, 4, 8, 6

@@ -18,10 +18,10 @@ import torch
 from onnx import TensorProto, helper
 
 from gdnc.errors import EmitError
-from gdnc.frontends.onnx_model import model_from_proto
-from gdnc.fused_op import DOMAIN, INPUTS, OP_TYPE, OPSET_VERSION, OUTPUTS, GdnAttrs
+from gdnc.ir.from_onnx import model_from_proto
 from gdnc.ir.to_onnx import model_to_proto
-from gdnc.ops import run_fused_node
+from gdnc.lowering.gated_delta_net.api import run_fused_node
+from gdnc.opset.gated_delta_net import DOMAIN, INPUTS, OP_TYPE, OPSET_VERSION, OUTPUTS, GdnAttrs
 from gdnc.passes.targets.native import attach_function_bodies
 
 B, T, H, HV, K, V = 2, 5, 2, 4, 8, 6

@@ -73,9 +73,9 @@ TALLY = Tally()
 # what the commands import lazily: imported once up front, so no case pays (or traces) it
 _LAZY_IMPORTS = (
     "gdnc.convert", "gdnc.compare", "gdnc.generate", "gdnc.gguf_compare", "gdnc.gguf_export",
-    "gdnc.reporting", "gdnc.frontends.gguf_file", "gdnc.frontends.hybrid_graph",
-    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.runtime.hybrid_runner",
-    "gdnc.runtime.registry", "gdnc.ir.to_onnx", "gdnc.passes.pipeline", "click",
+    "gdnc.reporting", "gdnc.frontends.gguf_file", "gdnc.models.qwen_hybrid.graph",
+    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.runner",
+    "gdnc.opset.registry", "gdnc.ir.to_onnx", "gdnc.passes.pipeline", "click",
 )
 
 

@@ -18,7 +18,7 @@ import torch
 from onnx import TensorProto, helper
 
 from gdnc.errors import OpArgumentError
-from gdnc.ops import gated_delta_net
+from gdnc.lowering.gated_delta_net.api import gated_delta_net
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

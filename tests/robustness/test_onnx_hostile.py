@@ -956,7 +956,7 @@ def test_small_files_asking_for_huge_tensors_are_one_line_errors(tmp_path) -> No
 def test_folding_sizes_outputs_before_evaluating(op, monkeypatch) -> None:
     """Constant folding never evaluates a node whose output would be huge: it is left to the
     runtime, which allocates only when asked to run the model."""
-    from gdnc.frontends.onnx_model import model_from_proto
+    from gdnc.ir.from_onnx import model_from_proto
     from gdnc.passes import constant_fold
 
     model = model_from_proto(_huge_from_small(op))

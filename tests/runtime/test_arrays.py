@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gdnc.errors import ShapeError
-from gdnc.runtime.onnx_ops.dtypes import array_from_tensor, tensor_from_array
-from gdnc.runtime.onnx_ops.shape_ops import range_length
-from gdnc.runtime.registry import OpContext, lookup
+from gdnc.opset.onnx_ops.dtypes import array_from_tensor, tensor_from_array
+from gdnc.opset.onnx_ops.shape_ops import range_length
+from gdnc.opset.registry import OpContext, lookup
 
 EXTENSION = {ml_dtypes.bfloat16: torch.bfloat16, ml_dtypes.float8_e4m3fn: torch.float8_e4m3fn,
              ml_dtypes.float8_e5m2: torch.float8_e5m2}

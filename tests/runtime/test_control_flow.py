@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from gdnc.errors import UnsupportedOpError
-from gdnc.frontends.onnx_model import model_from_proto
+from gdnc.ir.from_onnx import model_from_proto
 from gdnc.runtime.executor import Executor, GraphRunner
 from tests.models.subgraphs import MODELS, feeds, loop_reads_produced, run_ort
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
+from gdnc.ir.builder import FLOAT, INT64, Emit
 from gdnc.runtime.executor import Executor, GraphRunner
 
 

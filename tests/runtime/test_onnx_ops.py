@@ -1,4 +1,4 @@
-"""gdnc.runtime.onnx_ops against onnxruntime on single-node models with fresh random inputs."""
+"""gdnc.opset.onnx_ops against onnxruntime on single-node models with fresh random inputs."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-import gdnc.runtime.onnx_ops  # noqa: F401  (registers the ops)
+import gdnc.opset.onnx_ops  # noqa: F401  (registers the ops)
 from gdnc.errors import UnsupportedOpError
-from gdnc.runtime.registry import OpContext, lookup, supported_ops
+from gdnc.opset.registry import OpContext, lookup, supported_ops
 from tests.runtime.test_control_flow import CONTROL_FLOW_OPS
 
 Gen = Callable[[np.random.Generator], np.ndarray]

@@ -18,8 +18,8 @@ import torch
 
 from examples.make_gguf_models import write_models
 from gdnc.errors import InputError
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.generation import Request, Scheduler
-from gdnc.runtime.hybrid_runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.sampling import Sampling
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]

@@ -12,7 +12,7 @@ from typing import cast
 import torch
 
 from gdnc.errors import OpArgumentError
-from gdnc.fused_op import HEAD_MAPS, STATE_LAYOUTS
+from gdnc.opset.gated_delta_net import HEAD_MAPS, STATE_LAYOUTS
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What every GatedDeltaNet kernel receives: one validated, resolved launch.
 
-``gdnc.ops.gated_delta_net`` validates the call once, resolves the defaults and splits it
+``gdnc.gated_delta_net`` validates the call once, resolves the defaults and splits it
 into launches; a kernel is ``run(launch: GdnLaunch) -> None``. It computes its sequences
 (``starts``/``lengths``: tokens ``starts[n] : starts[n] + lengths[n]`` of the packed inputs),
 writes their rows of ``o`` and, when given, of ``token_states``, reads initial states from

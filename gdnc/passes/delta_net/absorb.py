@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc import fused_op
-from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import GdnAttrs
 from gdnc.passes.data_movement import movement_marker, movement_region
 from gdnc.passes.patterns import ONNX_DOMAINS, axes_of, norm_axes, producer, rank, scalar_const, static_shape
 

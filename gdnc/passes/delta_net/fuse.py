@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gdnc import fused_op
-from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import GdnAttrs
 from gdnc.passes.delta_net.chains import Chain, find_chains
 from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
 from gdnc.passes.delta_net.steps import RULE as STEP_RULE

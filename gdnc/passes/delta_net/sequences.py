@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc import fused_op
-from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import GdnAttrs
 from gdnc.passes.delta_net.chains import Chain
 from gdnc.passes.patterns import axes_of, norm_axes, producer, rank, static_shape
 from gdnc.passes.rewrite import Miss

@@ -30,8 +30,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from gdnc.errors import EmitError
-from gdnc.fused_op import DOMAIN, HEAD_MAPS, INPUTS, OP_TYPE, OPSET_VERSION, OUTPUTS, STATE_LAYOUTS
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.opset.gated_delta_net import (
+    DOMAIN,
+    HEAD_MAPS,
+    INPUTS,
+    OP_TYPE,
+    OPSET_VERSION,
+    OUTPUTS,
+    STATE_LAYOUTS,
+)
 
 MIN_IR_VERSION = 10  # FunctionProto.overload / NodeProto.overload
 MIN_OPSET = 17  # default-domain opset of the bodies (they need >= 15: Shape start/end, CastLike)
@@ -216,7 +224,7 @@ class _Scope:
 
 
 def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
-    """The body of one configuration (shapes: ``gdnc.fused_op``); declares all of INPUTS
+    """The body of one configuration (shapes: ``gdnc.opset.gated_delta_net``); declares all of INPUTS
     (absent ones are never read) and OUTPUTS[:num_outputs]."""
     f = _Scope(itertools.count(), TensorProto.DOUBLE if cfg.f64 else TensorProto.FLOAT)
     q, k, v, g, beta = (f.op("Cast", x, to=f.ct) for x in INPUTS[:5])

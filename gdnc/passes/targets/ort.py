@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gdnc import fused_op
 from gdnc.errors import EmitError
-from gdnc.fused_op import GdnAttrs
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import GdnAttrs
 from gdnc.passes.patterns import known_dim, shape_of
 
 ORT_DOMAIN = "com.microsoft"

@@ -15,10 +15,10 @@ from typing import cast
 import torch
 
 from gdnc.errors import OpArgumentError
-from gdnc.fused_op import INPUTS, OUTPUTS, GdnAttrs
-from gdnc.lowering.gated_delta_net import gated_delta_net_reference
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
+from gdnc.lowering.gated_delta_net.reference import gated_delta_net_reference
+from gdnc.opset.gated_delta_net import INPUTS, OUTPUTS, GdnAttrs
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 ALGORITHMS = ("auto", "recurrent", "chunked")
@@ -210,7 +210,7 @@ def run_fused_node(
     algorithm: str = "auto",
     in_place: bool = False,
 ) -> list[torch.Tensor]:
-    """Execute one ``ai.gdnc::GatedDeltaNet`` node functionally (contract: ``gdnc.fused_op``).
+    """Execute one ``ai.gdnc::GatedDeltaNet`` node functionally (contract: ``gdnc.opset.gated_delta_net``).
 
     ``inputs`` follow ``fused_op.INPUTS`` (trailing ones may be dropped, optional ones None);
     returns the first ``num_outputs`` of [o, final_state, token_states]. No input is mutated:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
-from gdnc.runtime.onnx_ops.shape_ops import as_ints, norm_axis, optional_input
-from gdnc.runtime.registry import OpContext, register
+from gdnc.opset.onnx_ops.shape_ops import as_ints, norm_axis, optional_input
+from gdnc.opset.registry import OpContext, register
 
 # ONNX scatter ``reduction`` -> torch ``scatter_reduce`` name ("none" is a plain scatter)
 _REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from gdnc.errors import UnsupportedOpError
-from gdnc.runtime.onnx_ops.dtypes import torch_dtype
-from gdnc.runtime.onnx_ops.shape_ops import as_ints, optional_input
-from gdnc.runtime.registry import OpContext, OpImpl, register
+from gdnc.opset.onnx_ops.dtypes import torch_dtype
+from gdnc.opset.onnx_ops.shape_ops import as_ints, optional_input
+from gdnc.opset.registry import OpContext, OpImpl, register
 
 Fn = Callable[..., torch.Tensor]
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
-from gdnc.runtime.onnx_ops.dtypes import attr_tensor
-from gdnc.runtime.registry import OpContext, register
+from gdnc.opset.onnx_ops.dtypes import attr_tensor
+from gdnc.opset.registry import OpContext, register
 
 
 def as_ints(value: Any) -> list[int]:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from gdnc.runtime.onnx_ops.shape_ops import as_ints, axes_arg, norm_axis
-from gdnc.runtime.registry import OpContext, OpImpl, register
+from gdnc.opset.onnx_ops.shape_ops import as_ints, axes_arg, norm_axis
+from gdnc.opset.registry import OpContext, OpImpl, register
 
 Reducer = Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]
 

@@ -55,9 +55,9 @@ import numpy as np
 from gdnc import progress
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.graph_emit import FLOAT, INT64, Emit
-from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
+from gdnc.ir.builder import FLOAT, INT64, Emit
 from gdnc.ir.graph import Model, Value
+from gdnc.models.qwen_hybrid.config import HybridConfig, hybrid_config
 
 L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
 # the batch inputs and the symbol of their leading dim (per token, per sequence, other)

@@ -24,9 +24,9 @@ import torch
 
 from gdnc.errors import GdncWarning, InputError, RewriteError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.frontends.hybrid_config import HybridConfig, hybrid_config
-from gdnc.frontends.hybrid_graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.ir.graph import Model
+from gdnc.models.qwen_hybrid.config import HybridConfig, hybrid_config
+from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.passes.composition import CU_SEQLENS, lift_sequence_layout
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime import memory

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from onnx import numpy_helper
 
-import gdnc.runtime.onnx_ops  # noqa: F401  (registers the standard ops)
+import gdnc.opset.onnx_ops  # noqa: F401  (registers the standard ops)
 from gdnc.ir.graph import Attr, Node
-from gdnc.runtime.registry import OpContext, lookup
+from gdnc.opset.registry import OpContext, lookup
 
 _TENSOR = 4  # onnx.AttributeProto.TENSOR
 _TENSORS = 9

@@ -9,9 +9,9 @@ import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
 from gdnc.ir.graph import Graph
-from gdnc.runtime.onnx_ops.dtypes import torch_dtype
-from gdnc.runtime.onnx_ops.shape_ops import norm_axis
-from gdnc.runtime.registry import OpContext, register
+from gdnc.opset.onnx_ops.dtypes import torch_dtype
+from gdnc.opset.onnx_ops.shape_ops import norm_axis
+from gdnc.opset.registry import OpContext, register
 
 
 def _run(ctx: OpContext, graph: Graph, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,1 @@
+"""Model families: one folder each (config from GGUF metadata, unfused graph, batch inputs)."""

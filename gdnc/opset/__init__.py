@@ -1,0 +1,1 @@
+"""What each ONNX op computes (torch implementations), below the passes and the runtime."""
