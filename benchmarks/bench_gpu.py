@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from triton.testing import do_bench
 
 from gdnc.atomic import write_text
-from gdnc.lowering.gated_delta_net.api import _kernel, gated_delta_net
+from gdnc.lowering.gated_delta_net.api import gated_delta_net
+from gdnc.lowering.gated_delta_net.backends import BACKENDS
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.triton_recurrent import (
@@ -285,7 +286,7 @@ def packed_case(lengths: list[int], layout: str = "kv"):
 
 
 def prefill(fla_ok: bool) -> None:
-    chunked = _kernel("triton", "chunked")
+    chunked = BACKENDS["triton"].kernel("chunked")
     rows = []
     for T in (2048, 4096, 8192, 16384, 32768):
         x, pool, cu, _, launch = packed_case([T])
@@ -320,7 +321,7 @@ def mixed(fla_ok: bool) -> None:
 
 
 def breakeven() -> None:
-    chunked = _kernel("triton", "chunked")
+    chunked = BACKENDS["triton"].kernel("chunked")
     rows = []
     for T in (4, 8, 16, 24, 32, 48, 64, 128):
         launch, launch_vk = (packed_case([T] * 32, layout)[-1] for layout in ("kv", "vk"))

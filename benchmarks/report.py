@@ -107,7 +107,7 @@ def gpu_section(g: dict) -> str:
                      ("recurrent vk", lambda r: r["recurrent_vk_us"]),
                      ("chunked", lambda r: r["chunked_us"])]),
         "",
-        "Break-even between 24 and 32 tokens per sequence: `CHUNKED_MIN_TOKENS[\"triton\"] = 32`.",
+        "Break-even between 24 and 32 tokens per sequence: `BACKENDS[\"triton\"].chunked_min_tokens = 32`.",
         "",
         "### Spot checks on the GPU (relative L2 error vs the fp64 reference unless named)",
         ", ".join(f"{k} {v:.1e}" for k, v in g["check"].items()) + ".",
@@ -152,7 +152,7 @@ def cpu_section(c: dict) -> str:
         ]),
         "",
         f"Break-even (one sequence): chunked from T = {be['chunked_min_tokens']} "
-        "(`CHUNKED_MIN_TOKENS[\"cpu\"]`).",
+        "(`BACKENDS[\"cpu\"].chunked_min_tokens`).",
     ]
     return "\n".join(out)
 

@@ -17,7 +17,7 @@ from gdnc.errors import ExecutionError, InputError, ModelLoadError, first_line
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
-from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import input_of, is_fused
 from gdnc.opset.onnx_ops.dtypes import array_from_tensor, torch_dtype
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
@@ -72,9 +72,9 @@ def gdn_input_roles(model: Model) -> dict[str, str]:
     """Which values fused nodes read as log-gate ("gate") or beta ("beta")."""
     roles: dict[str, str] = {}
     for _, node in model.graph.nodes():
-        if node.domain == fused_op.DOMAIN and node.op_type == fused_op.OP_TYPE:
-            roles[node.inputs[3]] = "gate"
-            roles[node.inputs[4]] = "beta"
+        if is_fused(node):
+            roles[input_of(node, "g")] = "gate"
+            roles[input_of(node, "beta")] = "beta"
     return roles
 
 

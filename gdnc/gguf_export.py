@@ -22,7 +22,7 @@ from gdnc.ir.to_onnx import external_data_files, save_onnx
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.models.qwen_hybrid.runner import build_fused
-from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import QUALIFIED_OP
 
 DEFAULT_LENGTHS = (8,)
 
@@ -70,7 +70,7 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
         "target": None if unfused else target,
         "composition": list(lengths) if unfused else None,
         "nodes": len(model.graph),
-        "gated_delta_net_nodes": ops.get(f"{fused_op.DOMAIN}::{fused_op.OP_TYPE}", 0),
+        "gated_delta_net_nodes": ops.get(QUALIFIED_OP, 0),
         "recurrent_layers": sum(cfg.recurrent),
         "layers": cfg.n_layer,
         "output": str(dst),

@@ -23,6 +23,7 @@ from gdnc.bench.timing import cache_bytes, time_calls
 from gdnc.bench.unfused_chain import UnfusedChain
 from gdnc.errors import first_line
 from gdnc.lowering.gated_delta_net.api import gated_delta_net
+from gdnc.lowering.gated_delta_net.backends import KERNEL_BACKENDS, GdnCall, first_accepting
 from gdnc.models.qwen_hybrid.config import HybridConfig
 from gdnc.runtime import memory
 
@@ -31,7 +32,8 @@ Factory = Callable[[OpInputs], Call]
 
 
 def fused_call(x: OpInputs) -> Call:
-    backend = "triton" if x.device.type == "cuda" else "cpu"
+    operands = dict(zip(("q", "k", "v", "g", "beta", "state_pool"), (*x.packed, x.pools[0])))
+    backend = first_accepting(GdnCall(operands), KERNEL_BACKENDS).name
 
     def run(i: int) -> None:
         gated_delta_net(*x.packed, x.pools[i % x.copies], x.cu_seqlens, scale=1.0, backend=backend, out=x.o)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gdnc.drawing.symbols import StepLabels
-from gdnc.ir.graph import Graph, Model, Node
-from gdnc.opset import gated_delta_net as fused_op
+from gdnc.ir.graph import Graph, Model
+from gdnc.opset.gated_delta_net import is_fused, named_inputs, named_outputs
 from gdnc.passes.delta_net import Chain, find_chains
 from gdnc.passes.pipeline import STAGES
 
@@ -69,10 +69,6 @@ class LayerView:
     fused: FusedView
 
 
-def _is_fused(node: Node) -> bool:
-    return node.domain == fused_op.DOMAIN and node.op_type == fused_op.OP_TYPE
-
-
 def _chain_view(g: Graph, chain: Chain, order: dict[int, int]) -> ChainView:
     """``chain`` as plain data; ``order`` ranks the graph's nodes topologically."""
     step = chain.steps[0]
@@ -117,7 +113,7 @@ class LayerCapture:
         """The fused node that replaced the earliest chain, and its chains in sequence order."""
         best: tuple[tuple[int, ...], str] | None = None
         for _, node in g.nodes():
-            if not _is_fused(node):
+            if not is_fused(node):
                 continue
             rows = [self._o_of[o] for r in g.consumers(node.outputs[0]) for o in g.node(r).outputs
                     if o in self._o_of]
@@ -128,9 +124,8 @@ class LayerCapture:
             self._members, self._node = best
 
     def _fused_view(self, g: Graph) -> FusedView:
-        node = next(n for _, n in g.nodes() if _is_fused(n) and n.name == self._node)
+        node = next(n for _, n in g.nodes() if is_fused(n) and n.name == self._node)
         return FusedView(
             name=node.name, op=node.qualified_op,
-            inputs=tuple((r, x) for r, x in zip(fused_op.INPUTS, node.inputs) if x),
-            outputs=tuple((r, x) for r, x in zip(fused_op.OUTPUTS, node.outputs) if x),
+            inputs=tuple(named_inputs(node)), outputs=tuple(named_outputs(node)),
             attrs={k: node.attr(k) for k in sorted(node.attrs)})

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.opset.gated_delta_net import DOMAIN
 from gdnc.passes.patterns import op_is, producer, static_shape
 
-_SIDE_EFFECT_FREE_DOMAINS = ("", "ai.onnx", "ai.gdnc", "com.microsoft")
+_SIDE_EFFECT_FREE_DOMAINS = ("", "ai.onnx", DOMAIN, "com.microsoft")
 
 
 def _shape_unchanged(g: Graph, node: Node) -> bool:

@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from gdnc.errors import RewriteError
 from gdnc.ir.graph import Model, Value
-from gdnc.opset import gated_delta_net as fused_op
+from gdnc.opset.gated_delta_net import input_of, is_fused, set_input_of
 from gdnc.passes.cleanup import dead_code_elimination
 from gdnc.passes.shapes import infer_shapes
 
@@ -30,14 +30,14 @@ def lift_sequence_layout(model: Model, cu_seqlens: Sequence[int], batch_dims: Ma
     has another or no ``cu_seqlens``."""
     g = model.graph
     cu = np.asarray(cu_seqlens, dtype=np.int64)
-    nodes = [nid for nid, n in g.nodes() if n.domain == fused_op.DOMAIN and n.op_type == fused_op.OP_TYPE]
+    nodes = [nid for nid, n in g.nodes() if is_fused(n)]
     for nid in nodes:
-        inputs = g.node(nid).inputs
-        value = g.const_value(inputs[6]) if len(inputs) > 6 and inputs[6] else None
+        given = input_of(g.node(nid), "cu_seqlens")
+        value = g.const_value(given) if given else None
         if value is None or not np.array_equal(value, cu):
             raise RewriteError(f"node {g.node(nid).name}: not one multi-sequence GatedDeltaNet over "
                                f"the batch (cu_seqlens {value}, want {cu.tolist()})")
-        g.set_input(nid, 6, CU_SEQLENS)
+        set_input_of(g, nid, "cu_seqlens", CU_SEQLENS)
     g.inputs.append(CU_SEQLENS)
     g.values[CU_SEQLENS] = Value(CU_SEQLENS, TensorProto.INT64, ("N+1",))
     for name, symbol in batch_dims.items():

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from gdnc.errors import UnsupportedOpError
 from gdnc.lowering.gated_delta_net.api import run_fused_node
-from gdnc.opset import gated_delta_net as fused_op
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.gated_delta_net import DOMAIN, INPUT_INDEX, INPUTS, OP_TYPE, GdnAttrs, by_position
 from gdnc.opset.registry import OpContext, register
 
 
-@register(fused_op.OP_TYPE, domain=fused_op.DOMAIN)
+@register(OP_TYPE, domain=DOMAIN)
 def gated_delta_net(ctx: OpContext, inputs: list) -> list:
     """The fused node, through the best available kernel (see ``gdnc.lowering.gated_delta_net``)."""
     return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs,
-                          in_place=5 in ctx.donated)
+                          in_place=INPUT_INDEX["state"] in ctx.donated)
 
 
 @register("LinearAttention", domain="com.microsoft")
@@ -39,5 +38,6 @@ def linear_attention(ctx: OpContext, inputs: list) -> list:
     if beta.shape[-1] == 1:
         beta = beta.expand(B, T, kv_heads)
     scale = float(ctx.attr("scale", 0.0)) or None
-    o, state = run_fused_node([q, k, v, g, beta, past_state], GdnAttrs(scale=scale), 2)
+    fused_inputs = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "state": past_state}
+    o, state = run_fused_node(by_position(fused_inputs, INPUTS, None), GdnAttrs(scale=scale), 2)
     return [o.reshape(B, T, -1), state]

@@ -193,7 +193,7 @@ def test_backend_matches_reference(backend, algorithm, device, max_dim, examples
 
 # Poisoning: (backend, algorithm, device, max head dim, max sequences, examples) for every
 # backend x algorithm. Lengths straddle the chunks (CPU 32, KDA 16, Triton 64) and the
-# chunked thresholds of "auto" (CHUNKED_MIN_TOKENS), so that chunks end inside sequences.
+# chunked thresholds of "auto" (the backends' chunked_min_tokens), so that chunks end inside sequences.
 POISON_LENGTHS = (0, 1, 5, 17, 20, 23, 31, 33, 45, 64, 70)
 POISON_TARGETS = [("reference", "auto", "cpu", 32, 4, 5), ("auto", "auto", "cpu", 32, 4, 10)]
 POISON_TARGETS += [("cpu", a, "cpu", 32, 4, 15) for a in ("recurrent", "chunked", "auto")]

@@ -15,7 +15,7 @@ from transformers.models.qwen3_next import modeling_qwen3_next
 from gdnc.errors import OpArgumentError
 from gdnc.lowering.gated_delta_net import gated_delta_net_reference, validate
 from gdnc.lowering.gated_delta_net.api import gated_delta_net, gated_delta_net_functional, run_fused_node
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.gated_delta_net import L2NORM_EPS, GdnAttrs
 from tests.models.hf_source import hf_function
 
 F64 = torch.float64
@@ -199,8 +199,8 @@ def test_matches_matrix_form(case):
     HV = case.v.shape[1]
     q, k, cu = case.q, case.k, case.cu.tolist()
     if case.l2:
-        q = q / (q.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
-        k = k / (k.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
+        q = q / (q.pow(2).sum(-1, keepdim=True) + L2NORM_EPS).sqrt()
+        k = k / (k.pow(2).sum(-1, keepdim=True) + L2NORM_EPS).sqrt()
     for n in range(case.N):
         for h in range(HV):
             S = case.pool[n, h].clone()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gdnc.opset.gated_delta_net import L2NORM_EPS
 
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+
+def _l2norm(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
     # same spelling as transformers' l2norm
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
 

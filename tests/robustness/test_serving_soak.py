@@ -27,7 +27,7 @@ import torch
 
 from examples.make_gguf_models import write_models
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.lowering.gated_delta_net.api import CHUNKED_MIN_TOKENS
+from gdnc.lowering.gated_delta_net.backends import BACKENDS
 from gdnc.lowering.gated_delta_net.cpu import CHUNK
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.generation import FINISHED, Request, Scheduler
@@ -39,6 +39,7 @@ ISOLATED_RUNS = 40  # sequences of the soak also decoded alone, token by token
 N_CTX = 64
 NEAR_TIE = 1e-4  # |top1 - top2| below which float error may pick either token
 POISONED_TOKEN = 77
+CPU_CHUNKED = BACKENDS["cpu"].chunked_min_tokens  # "auto" runs sequences this long chunked on CPU
 
 
 @pytest.fixture(scope="module")
@@ -190,16 +191,16 @@ def _chunked_prompts(rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
     def prompt(n: int) -> list[int]:
         return [int(t) + (t >= POISONED_TOKEN) for t in rng.integers(0, 499, n)]
 
-    first = int(rng.choice([n for n in range(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK) if n % CHUNK]))
-    middle = prompt(int(rng.integers(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK)))
+    first = int(rng.choice([n for n in range(CPU_CHUNKED, 2 * CHUNK) if n % CHUNK]))
+    middle = prompt(int(rng.integers(CPU_CHUNKED, 2 * CHUNK)))
     middle[int(rng.integers(0, -first % CHUNK))] = POISONED_TOKEN
     return (tuple(prompt(first)), tuple(middle),
-            tuple(prompt(int(rng.integers(CHUNKED_MIN_TOKENS["cpu"], 2 * CHUNK)))))
+            tuple(prompt(int(rng.integers(CPU_CHUNKED, 2 * CHUNK)))))
 
 
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 def test_a_non_finite_input_stays_in_its_sequence_through_a_chunked_prefill(model_paths, arch):
-    """Prompts of >= CHUNKED_MIN_TOKENS prefilled together on the fused CPU path (the chunked
+    """Prompts of >= CPU_CHUNKED tokens prefilled together on the fused CPU path (the chunked
     kernel): the poisoned one fails alone; the others' logits, pool rows and tokens are the
     clean run's."""
     seed = int(np.random.SeedSequence().entropy % 2**32)
@@ -250,7 +251,7 @@ def _cli_poisoned(path: Path, bad: str, good: str = "") -> Path:
 
 @pytest.mark.parametrize(("good", "bad"), [
     ("The for statement", "import os"),
-    # >= CHUNKED_MIN_TOKENS tokens each (the chunked kernel); the good one (24 tokens) ends
+    # >= CPU_CHUNKED tokens each (the chunked kernel); the good one (24 tokens) ends
     # inside a chunk, and the bad one's first token follows it
     ("The for statement iterates over the items of any sequence, in order.",
      "import os and sys, then read every line of the file into a list of words."),

@@ -1,87 +1,24 @@
 """Public GatedDeltaNet API: the pool form, the functional form and the fused graph node.
 
-Backends: "reference" (fp64 oracle, any device), "cpu" (vectorised torch kernels), "triton"
-(GPU kernels); "auto" picks Triton for CUDA tensors and the CPU kernels otherwise. Each
-backend has a recurrent and a chunked algorithm; "auto" picks per sequence by length.
+Backends (``backends.BACKENDS``): "reference" (fp64 oracle, any device), "cpu" (vectorised
+torch kernels), "triton" (GPU kernels); "auto" picks the CPU kernels for CPU tensors, Triton
+for CUDA ones and the oracle for what no kernel takes (fp64). Each kernel backend has a
+recurrent and a chunked algorithm; "auto" picks per sequence by length.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import torch
 
 from gdnc.errors import OpArgumentError
+from gdnc.lowering.gated_delta_net.backends import ALGORITHMS, GdnCall, select_backend
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.reference import gated_delta_net_reference
-from gdnc.opset.gated_delta_net import INPUTS, OUTPUTS, GdnAttrs
-
-BACKENDS = ("auto", "reference", "cpu", "triton")
-ALGORITHMS = ("auto", "recurrent", "chunked")
-# ``algorithm="auto"``: sequences at least this long run chunked, shorter ones recurrent
-# (break-even measured per backend, see benchmarks/RESULTS.md)
-CHUNKED_MIN_TOKENS = {"cpu": 20, "triton": 32}
-
-Kernel = Callable[[GdnLaunch], None]
-
-
-_KERNELS = {  # (backend, algorithm) -> (module, function); imported on first use
-    ("cpu", "recurrent"): ("cpu", "run_recurrent"),
-    ("cpu", "chunked"): ("cpu", "run_chunked"),
-    ("triton", "recurrent"): ("triton_recurrent", "run"),
-    ("triton", "chunked"): ("triton_chunked", "run"),
-}
-
-
-def _kernel(backend: str, algorithm: str) -> Kernel:
-    """The kernel of ``backend`` for ``algorithm``; OpArgumentError when it cannot run here."""
-    if backend not in BACKENDS:
-        raise OpArgumentError(
-            f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
-    module, name = _KERNELS[(backend, algorithm)]
-    try:
-        mod = importlib.import_module(f"gdnc.lowering.gated_delta_net.{module}")
-    except ImportError as exc:
-        raise OpArgumentError(f"backend {backend!r} is not available: {exc}") from exc
-    return cast(Kernel, getattr(mod, name))
-
-
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _auto_backend(q: torch.Tensor, state_pool: torch.Tensor) -> str:
-    """fp64 calls go to the fp64 oracle (the kernels compute in fp32); else Triton on CUDA."""
-    if torch.float64 in (q.dtype, state_pool.dtype):
-        return "reference"
-    return "triton" if q.is_cuda else "cpu"
-
-
-def _check_kernel_inputs(backend: str, tensors: Sequence[torch.Tensor]) -> None:
-    """Kernels take fp32/bf16/fp16 tensors (q, k, v, g, beta, state_pool) that need no grad
-    (they have no backward); the CPU kernels CPU ones, Triton CUDA ones unless TRITON_INTERPRET=1."""
-    q = tensors[0]
-    for name, x in zip(("q", "k", "v", "g", "beta", "state_pool"), tensors):
-        if x.dtype not in KERNEL_DTYPES:
-            raise OpArgumentError(
-                f"gated_delta_net: {name}: dtype {x.dtype} is not supported by backend "
-                f"{backend!r} (fp32, bf16, fp16; use backend='reference' for fp64)"
-            )
-        if x.requires_grad and torch.is_grad_enabled():
-            raise OpArgumentError(
-                f"gated_delta_net: {name}: requires grad, but backend {backend!r} has no backward; "
-                "call it under torch.no_grad() or torch.inference_mode()"
-            )
-    if backend == "cpu" and q.device.type != "cpu":
-        raise OpArgumentError(f"gated_delta_net: backend 'cpu' needs CPU tensors, got {q.device}")
-    if backend == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise OpArgumentError(
-            f"gated_delta_net: backend 'triton' needs CUDA tensors, got {q.device} "
-            "(set TRITON_INTERPRET=1 to run the kernels on the CPU through Triton's interpreter)"
-        )
+from gdnc.opset.gated_delta_net import INPUTS, OUTPUTS, REQUIRED_INPUTS, GdnAttrs, by_position
 
 
 def _output(out: torch.Tensor | None, shp: GdnShapes, v: torch.Tensor) -> torch.Tensor:
@@ -135,27 +72,23 @@ def gated_delta_net(
     [T_total, HV]; state_pool [P, HV, K, V] ("kv") or [P, HV, V, K] ("vk"), updated in place;
     cu_seqlens int64 [N+1]; state_in_index / state_out_index int64 [N] (see
     ``gated_delta_net_reference``); token_states optional output [T_total, HV, K, V] (or vk).
-    ``backend``: "auto" (Triton on CUDA tensors, else CPU), "cpu", "triton", "reference";
-    ``algorithm``: "auto" (per sequence: chunked from CHUNKED_MIN_TOKENS tokens on),
-    "recurrent", "chunked". A mixed batch runs as at most two launches.
+    ``backend``: "auto" (the first of ``backends.AUTO_ORDER`` that takes the call), "cpu",
+    "triton", "reference"; ``algorithm``: "auto" (per sequence: chunked from the backend's
+    ``chunked_min_tokens`` on), "recurrent", "chunked". A mixed batch runs as at most two
+    launches.
     """
-    if algorithm not in ALGORITHMS:
+    if algorithm not in ("auto", *ALGORITHMS):
         raise OpArgumentError(
-            f"gated_delta_net: algorithm {algorithm!r} is not one of {list(ALGORITHMS)}"
+            f"gated_delta_net: algorithm {algorithm!r} is not one of {['auto', *ALGORITHMS]}"
         )
-    if backend == "auto":
-        backend = _auto_backend(q, state_pool)
-    if backend not in BACKENDS:
-        raise OpArgumentError(
-            f"gated_delta_net: backend {backend!r} is not one of {list(BACKENDS)}")
-    if backend != "reference":
-        _check_kernel_inputs(backend, (q, k, v, g, beta, state_pool))
+    chosen = select_backend(backend, GdnCall(
+        {"q": q, "k": k, "v": v, "g": g, "beta": beta, "state_pool": state_pool}))
     shp = validate(
         q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
         head_map=head_map, state_layout=state_layout, token_states=token_states,
     )
     o = _output(out, shp, v)
-    if backend == "reference":
+    if chosen.oracle:
         o_ref = gated_delta_net_reference(
             q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
             scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
@@ -174,14 +107,10 @@ def gated_delta_net(
         ins = [n if slot >= 0 else -1 for n, slot in enumerate(ins)]
     groups: dict[str, list[int]] = {}
     for n, length in enumerate(shp.seq_lens):
-        if algorithm != "auto":
-            algo = algorithm
-        else:
-            algo = "chunked" if length >= CHUNKED_MIN_TOKENS[backend] else "recurrent"
-        groups.setdefault(algo, []).append(n)
+        groups.setdefault(chosen.algorithm_for(algorithm, length), []).append(n)
     for algo, seqs in groups.items():
         starts, lengths, in_index, out_index = _launch_indices(shp, seqs, ins, outs, device)
-        _kernel(backend, algo)(GdnLaunch(
+        chosen.kernel(algo)(GdnLaunch(
             q=q, k=k, v=v, g=g, beta=beta, o=o, state_src=state_src, state_dst=state_pool,
             starts=starts, lengths=lengths, in_index=in_index, out_index=out_index,
             token_states=token_states, shapes=shp, opts=opts,
@@ -212,7 +141,7 @@ def run_fused_node(
 ) -> list[torch.Tensor]:
     """Execute one ``ai.gdnc::GatedDeltaNet`` node functionally (contract: ``gdnc.opset.gated_delta_net``).
 
-    ``inputs`` follow ``fused_op.INPUTS`` (trailing ones may be dropped, optional ones None);
+    ``inputs`` follow ``INPUTS`` (trailing ones may be dropped, optional ones None);
     returns the first ``num_outputs`` of [o, final_state, token_states]. No input is mutated:
     the state/pool is copied before the update, unless ``in_place`` (the caller gives the
     pool away: a contiguous pool is then updated and returned as it is). Batch layout
@@ -221,15 +150,16 @@ def run_fused_node(
     from zeros in fp32 (fp64 when v is fp64).
     """
     if not 1 <= num_outputs <= len(OUTPUTS):
-        raise OpArgumentError(f"GatedDeltaNet: {num_outputs} outputs requested, 1..3 exist")
+        raise OpArgumentError(f"GatedDeltaNet: {num_outputs} outputs requested, 1..{len(OUTPUTS)} exist")
     if len(inputs) > len(INPUTS):
-        raise OpArgumentError(f"GatedDeltaNet: {len(inputs)} inputs given, at most 9 exist")
-    padded = [*inputs, *[None] * (len(INPUTS) - len(inputs))]
-    for name, x in zip(INPUTS[:5], padded[:5], strict=True):
-        if x is None:
+        raise OpArgumentError(f"GatedDeltaNet: {len(inputs)} inputs given, at most {len(INPUTS)} exist")
+    named = dict(zip(INPUTS, inputs))
+    for name in REQUIRED_INPUTS:
+        if named.get(name) is None:
             raise OpArgumentError(f"GatedDeltaNet: required input {name!r} is missing")
-    q, k, v, g, beta = cast("list[torch.Tensor]", padded[:5])
-    state, cu_seqlens, state_in_index, state_out_index = padded[5:]
+    q, k, v, g, beta = (cast(torch.Tensor, named[name]) for name in REQUIRED_INPUTS)
+    state, cu_seqlens = named.get("state"), named.get("cu_seqlens")
+    state_in_index, state_out_index = named.get("state_in_index"), named.get("state_out_index")
 
     if q.dim() not in (3, 4) or v.dim() != q.dim():
         raise OpArgumentError(
@@ -307,8 +237,10 @@ def gated_delta_net_functional(
     """
     attrs = GdnAttrs(scale=scale, qk_l2norm=qk_l2norm, head_map=head_map,
                      state_layout=state_layout)
+    inputs = {"q": q, "k": k, "v": v, "g": g, "beta": beta, "state": initial_state,
+              "cu_seqlens": cu_seqlens}
     o, final_state = run_fused_node(
-        [q, k, v, g, beta, initial_state, cu_seqlens], attrs, 2,
+        by_position(inputs, INPUTS, None), attrs, 2,
         backend=backend, algorithm=algorithm,
     )
     return o, final_state

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch
+from gdnc.opset.gated_delta_net import L2NORM_EPS
 
 CHUNK = 32  # chunk length of the chunked kernel (GDA)
 KDA_CHUNK = 16  # KDA: exact per-key pairwise decays cost [C, C, K] per chunk and head
@@ -33,7 +34,6 @@ KDA_CHUNK = 16  # KDA: exact per-key pairwise decays cost [C, C, K] per chunk an
 # mmap-allocated and page-faulted afresh on every call (>= 32 MiB with glibc)
 CHUNK_ROWS = 128
 STEP_ROWS = 8192
-L2NORM_EPS = 1e-6
 F32 = torch.float32
 
 _WORK = threading.local()

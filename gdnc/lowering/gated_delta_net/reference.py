@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from gdnc.lowering.gated_delta_net.checks import validate
-
-L2NORM_EPS = 1e-6
+from gdnc.opset.gated_delta_net import L2NORM_EPS
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:

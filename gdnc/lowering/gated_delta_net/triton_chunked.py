@@ -34,8 +34,8 @@ import triton
 import triton.language as tl
 
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch
-from gdnc.lowering.gated_delta_net.triton_chunked_prepare import BT, L2NORM_EPS, _prepare_kernel
-from gdnc.lowering.gated_delta_net.triton_program import sequence_program
+from gdnc.lowering.gated_delta_net.triton_chunked_prepare import BT, _prepare_kernel
+from gdnc.lowering.gated_delta_net.triton_program import L2NORM_EPS, sequence_program
 
 
 @triton.jit(do_not_specialize=["n_chunks"])

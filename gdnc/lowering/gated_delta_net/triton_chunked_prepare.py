@@ -28,9 +28,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from gdnc.lowering.gated_delta_net.triton_program import L2NORM_EPS
+
 BT = tl.constexpr(64)  # chunk length
 BC = tl.constexpr(16)  # sub-block length: BT // BC = 4 sub-blocks
-L2NORM_EPS = tl.constexpr(1e-6)
 
 
 @triton.jit

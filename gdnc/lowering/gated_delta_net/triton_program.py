@@ -1,4 +1,4 @@
-"""What one program of the Triton GatedDeltaNet kernels owns.
+"""What one program of the Triton GatedDeltaNet kernels owns, and the constants they share.
 
 The recurrent kernel and the chunked kernels' state walk launch one program per (value block,
 value head, sequence), flattened as ``pid = (n * HV + hv) * NV + i_v``.
@@ -6,6 +6,10 @@ value head, sequence), flattened as ``pid = (n * HV + hv) * NV + i_v``.
 
 import triton
 import triton.language as tl
+
+from gdnc.opset import gated_delta_net as fused_op
+
+L2NORM_EPS = tl.constexpr(fused_op.L2NORM_EPS)  # qk_l2norm: x / sqrt(sum(x*x) + L2NORM_EPS)
 
 
 @triton.jit

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from gdnc.lowering.gated_delta_net.checks import GdnShapes
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
-from gdnc.lowering.gated_delta_net.triton_program import sequence_program
+from gdnc.lowering.gated_delta_net.triton_program import L2NORM_EPS, sequence_program
 
 
 @triton.jit
@@ -90,8 +90,8 @@ def _recurrent_kernel(
         n_q, n_k, n_v, n_g, n_b = _load_token(p_q, p_k, p_v, p_g, p_b, o_k, o_v, K, V,
                                               length - t - 1)
         if L2NORM:
-            b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + 1e-6)
-            b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + 1e-6)
+            b_q = b_q / tl.sqrt(tl.sum(b_q * b_q) + L2NORM_EPS)
+            b_k = b_k / tl.sqrt(tl.sum(b_k * b_k) + L2NORM_EPS)
         b_q = b_q * scale
         if VK:
             h = h * b_a[None, :]

@@ -58,8 +58,8 @@ from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.builder import FLOAT, INT64, Emit
 from gdnc.ir.graph import Model, Value
 from gdnc.models.qwen_hybrid.config import HybridConfig, hybrid_config
+from gdnc.opset.gated_delta_net import L2NORM_EPS  # HF's l2norm inside the delta net
 
-L2NORM_EPS = 1e-6  # HF's l2norm inside the delta net
 # the batch inputs and the symbol of their leading dim (per token, per sequence, other)
 BATCH_INPUTS = {"tokens": "T", "positions": "T", "state_slots": "N", "conv_rows": "T",
                 "conv_state_rows": "N", "kv_write": "T", "q_rows": "N", "kv_read": "N",

@@ -1,7 +1,7 @@
 """Fold what surrounds a fused node into its attributes.
 
 - a constant scale on q (``Mul``/``Div`` by a scalar) -> ``scale``;
-- l2-normalisation of both q and k (HF spelling, eps 1e-6 inside the sqrt) -> ``qk_l2norm``;
+- l2-normalisation of both q and k (HF spelling, eps L2NORM_EPS inside the sqrt) -> ``qk_l2norm``;
 - a repeat of the key heads to the value heads (repeat_interleave or tile) -> ``head_map``.
 
 Each walks up from the node's input through single-reader layout ops that commute with the
@@ -14,24 +14,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc.ir.graph import Graph, Node, make_attrs
-from gdnc.opset import gated_delta_net as fused_op
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.ir.graph import Graph, Node
+from gdnc.opset.gated_delta_net import (
+    INPUT_INDEX,
+    L2NORM_EPS,
+    OP_TYPE,
+    attrs_of,
+    input_of,
+    is_fused,
+    set_attr,
+    set_input_of,
+)
 from gdnc.passes.data_movement import movement_marker, movement_region
 from gdnc.passes.patterns import ONNX_DOMAINS, axes_of, norm_axes, producer, rank, scalar_const, static_shape
 
 # ops that commute with multiplying every element by a scalar / normalising the last axis
 _LAYOUT_OPS = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile")
-_L2_EPS = 1e-6
 
 
 def _fused(g: Graph, nid: int) -> Node | None:
     node = g.node(nid)
-    return node if node.domain == fused_op.DOMAIN and node.op_type == fused_op.OP_TYPE else None
-
-
-def _attrs(node: Node) -> GdnAttrs:
-    return GdnAttrs.from_onnx({k: node.attr(k) for k in node.attrs})
+    return node if is_fused(node) else None
 
 
 def _keeps_last_axis(g: Graph, node: Node) -> bool:
@@ -68,11 +71,11 @@ class AbsorbQScale:
     """``q = layout(Mul(x, c) | Div(x, c))`` -> ``q = layout(x)``, ``scale *= c`` (or ``/= c``)."""
 
     name: str = "absorb-q-scale"
-    ops: tuple[str, ...] = (fused_op.OP_TYPE,)
+    ops: tuple[str, ...] = (OP_TYPE,)
 
     def apply(self, g: Graph, nid: int) -> bool:
         node = _fused(g, nid)
-        found = None if node is None else _upstream(g, nid, 0, last_axis=False)
+        found = None if node is None else _upstream(g, nid, INPUT_INDEX["q"], last_axis=False)
         if node is None or found is None or found[2].op_type not in ("Mul", "Div"):
             return False
         reader, index, src = found
@@ -81,16 +84,16 @@ class AbsorbQScale:
         if factor is None and src.op_type == "Mul":
             x, c = c, x
             factor = scalar_const(g, c)
-        scale = _attrs(node).scale  # type: ignore[arg-type]
+        scale = attrs_of(node).scale  # type: ignore[arg-type]
         if factor is None or factor == 0.0 or scale is None:
             return False
-        node.attrs.update(make_attrs(scale=scale * factor if src.op_type == "Mul" else scale / factor))
+        set_attr(node, "scale", scale * factor if src.op_type == "Mul" else scale / factor)
         g.set_input(reader, index, x)
         return True
 
 
 def _l2norm_source(g: Graph, node: Node) -> str | None:
-    """x when ``node`` computes x / sqrt(sum(x*x, -1) + 1e-6) (Mul by Reciprocal, Div by Sqrt)."""
+    """x when ``node`` computes x / sqrt(sum(x*x, -1) + L2NORM_EPS) (Mul by Reciprocal, Div by Sqrt)."""
     if node.op_type == "Div":
         x, sqrt = node.inputs[0], producer(g, node.inputs[1], "Sqrt")
     elif node.op_type == "Mul":
@@ -115,7 +118,7 @@ def _l2norm_source(g: Graph, node: Node) -> str | None:
     for s, eps in (add.inputs, add.inputs[::-1]):
         red = producer(g, s, "ReduceSum")
         value = scalar_const(g, eps)
-        if red is None or value is None or not np.isclose(value, _L2_EPS, rtol=1e-3, atol=0):
+        if red is None or value is None or not np.isclose(value, L2NORM_EPS, rtol=1e-3, atol=0):
             continue
         r = rank(g, red.inputs[0])
         sq = producer(g, red.inputs[0], "Mul", "Pow")
@@ -135,14 +138,14 @@ class AbsorbL2Norm:
     """``q = layout(l2norm(x))`` and ``k = layout(l2norm(y))`` -> ``qk_l2norm = 1``."""
 
     name: str = "absorb-qk-l2norm"
-    ops: tuple[str, ...] = (fused_op.OP_TYPE,)
+    ops: tuple[str, ...] = (OP_TYPE,)
 
     def apply(self, g: Graph, nid: int) -> bool:
         node = _fused(g, nid)
-        if node is None or _attrs(node).qk_l2norm:
+        if node is None or attrs_of(node).qk_l2norm:
             return False
         found = []
-        for index in (0, 1):
+        for index in (INPUT_INDEX["q"], INPUT_INDEX["k"]):
             up = _upstream(g, nid, index, last_axis=True)
             source = None if up is None else _l2norm_source(g, up[2])
             if source is None:
@@ -150,7 +153,7 @@ class AbsorbL2Norm:
             found.append((up[0], up[1], source))  # type: ignore[index]
         for reader, index, source in found:
             g.set_input(reader, index, source)
-        node.attrs.update(make_attrs(qk_l2norm=1))
+        set_attr(node, "qk_l2norm", 1)
         return True
 
 
@@ -181,20 +184,20 @@ class AbsorbHeadRepeat:
     """``q, k = repeat_heads(x), repeat_heads(y)`` -> ``q, k = x, y`` with ``head_map`` set."""
 
     name: str = "absorb-head-repeat"
-    ops: tuple[str, ...] = (fused_op.OP_TYPE,)
+    ops: tuple[str, ...] = (OP_TYPE,)
     opset: int = 18
 
     def apply(self, g: Graph, nid: int) -> bool:
         node = _fused(g, nid)
         if node is None:
             return False
-        shapes = [static_shape(g, node.inputs[i]) for i in (0, 2)]
+        shapes = [static_shape(g, input_of(node, name)) for name in ("q", "v")]
         if None in shapes or shapes[0][-2] != shapes[1][-2]:  # type: ignore[index]
             return False  # already grouped, or shapes unknown
-        q, k = (_head_repeat(g, node.inputs[i], self.opset) for i in (0, 1))
+        q, k = (_head_repeat(g, input_of(node, name), self.opset) for name in ("q", "k"))
         if q is None or k is None or q[1] != k[1] or static_shape(g, q[0]) != static_shape(g, k[0]):
             return False
-        g.set_input(nid, 0, q[0])
-        g.set_input(nid, 1, k[0])
-        node.attrs.update(make_attrs(head_map=q[1]))
+        set_input_of(g, nid, "q", q[0])
+        set_input_of(g, nid, "k", k[0])
+        set_attr(node, "head_map", q[1])
         return True

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
-from gdnc.opset import gated_delta_net as fused_op
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.gated_delta_net import DOMAIN, OPSET_VERSION, GdnAttrs, fused_node, input_of
 from gdnc.passes.delta_net.chains import Chain, find_chains
 from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
 from gdnc.passes.delta_net.steps import RULE as STEP_RULE
@@ -102,12 +101,9 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
         state = state and _unsqueeze(g, state, 0, opset, position)
         final = g.fresh_name(f"{name}_state")
     o_full = g.fresh_name(f"{name}_o")
-    attrs = GdnAttrs(scale=1.0, state_layout=first.layout)
-    g.add_node(
-        Node(fused_op.OP_TYPE, [q, k, v, gate, beta, state], [o_full, final],
-             domain=fused_op.DOMAIN, attrs=make_attrs(**attrs.to_onnx()), name=name),
-        position,
-    )
+    g.add_node(fused_node({"q": q, "k": k, "v": v, "g": gate, "beta": beta, "state": state},
+                          {"o": o_full, "final_state": final},
+                          GdnAttrs(scale=1.0, state_layout=first.layout), name), position)
     if batch_dims == 0:
         g.value(final).dtype = state_meta[0]
         g.value(final).shape = None if state_meta[1] is None else (1, *state_meta[1])
@@ -126,7 +122,7 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
 
 
 def _info(g: Graph, node: Node, steps: int, first: Step, sequences: int) -> ChainInfo:
-    q_shape, v_shape = shape_of(g, node.inputs[0]), shape_of(g, node.inputs[2])
+    q_shape, v_shape = shape_of(g, input_of(node, "q")), shape_of(g, input_of(node, "v"))
     return ChainInfo(
         node=node.name,
         steps=steps,
@@ -135,7 +131,7 @@ def _info(g: Graph, node: Node, steps: int, first: Step, sequences: int) -> Chai
         value_dim=known_dim(v_shape, -1),
         layout=first.layout,
         gate=("per-key" if first.per_key else "per-head") + ("" if first.gate_is_log else ", direct"),
-        initial_state=len(node.inputs) > 5 and bool(node.inputs[5]),
+        initial_state=bool(input_of(node, "state")),
         sequences=sequences,
     )
 
@@ -163,6 +159,6 @@ def fuse_delta_nets(model: Model) -> FusionResult:
             result.misses.append(info)
         else:
             result.chains.append(info)
-    if result.chains and fused_op.DOMAIN not in model.opset_imports:
-        model.opset_imports[fused_op.DOMAIN] = fused_op.OPSET_VERSION
+    if result.chains and DOMAIN not in model.opset_imports:
+        model.opset_imports[DOMAIN] = OPSET_VERSION
     return result

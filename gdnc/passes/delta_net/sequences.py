@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gdnc.ir.graph import Graph, Node, make_attrs
-from gdnc.opset import gated_delta_net as fused_op
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.gated_delta_net import GdnAttrs, fused_node
 from gdnc.passes.delta_net.chains import Chain
 from gdnc.passes.patterns import axes_of, norm_axes, producer, rank, static_shape
 from gdnc.passes.rewrite import Miss
@@ -197,11 +196,11 @@ def fuse_group(g: Graph, members: list[PoolChain], name: str) -> tuple[Node, lis
     cu = g.constant(np.array([0, *np.cumsum(lengths)], dtype=np.int64), f"{name}_cu_seqlens")
     slots = members[0].slots
     o = g.fresh_name(f"{name}_o")
-    node = Node(fused_op.OP_TYPE,
-                [packed["q"], packed["k"], packed["v"], gate, packed["beta"], members[0].pool, cu,
-                 slots, slots],
-                [o, pool_out], domain=fused_op.DOMAIN, name=name,
-                attrs=make_attrs(**GdnAttrs(scale=1.0, state_layout=first.layout).to_onnx()))
+    node = fused_node({"q": packed["q"], "k": packed["k"], "v": packed["v"], "g": gate,
+                       "beta": packed["beta"], "state": members[0].pool, "cu_seqlens": cu,
+                       "state_in_index": slots, "state_out_index": slots},
+                      {"o": o, "final_state": pool_out},
+                      GdnAttrs(scale=1.0, state_layout=first.layout), name)
     g.add_node(node, position)
     g.value(o).dtype, g.value(o).shape = g.value(packed["v"]).dtype, static_shape(g, packed["v"])
     g.value(pool_out).dtype, g.value(pool_out).shape = meta[pool_out]

@@ -32,21 +32,25 @@ from onnx import TensorProto, helper, numpy_helper
 from gdnc.errors import EmitError
 from gdnc.ir.graph import Graph, Model, Node
 from gdnc.opset.gated_delta_net import (
+    ATTRIBUTES,
     DOMAIN,
     HEAD_MAPS,
     INPUTS,
+    L2NORM_EPS,
     OP_TYPE,
     OPSET_VERSION,
     OUTPUTS,
+    REQUIRED_INPUTS,
     STATE_LAYOUTS,
+    attrs_of,
+    input_of,
+    is_fused,
 )
 
 MIN_IR_VERSION = 10  # FunctionProto.overload / NodeProto.overload
 MIN_OPSET = 17  # default-domain opset of the bodies (they need >= 15: Shape start/end, CastLike)
 # Raising a default opset below 13 would change existing Squeeze/Unsqueeze/ReduceSum/Split nodes.
 MIN_RAISABLE_OPSET = 13
-ATTRIBUTES = ("scale", "qk_l2norm", "head_map", "state_layout")
-L2NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def attach_function_bodies(model: Model) -> int:
 def _fused_nodes(graph: Graph, outer: list[Graph]) -> Iterator[tuple[Node, list[Graph]]]:
     scopes = [*outer, graph]
     for _, node in graph.nodes():
-        if node.domain == DOMAIN and node.op_type == OP_TYPE:
+        if is_fused(node):
             yield node, scopes
         for sub in node.subgraphs():
             yield from _fused_nodes(sub, scopes)
@@ -147,16 +151,16 @@ def body_config(node: Node, scopes: list[Graph]) -> BodyConfig:
 
     if len(node.inputs) > len(INPUTS):
         raise fail(f"{len(node.inputs)} inputs, at most {len(INPUTS)} exist")
-    given = {name: i < len(node.inputs) and bool(node.inputs[i]) for i, name in enumerate(INPUTS)}
-    missing = [name for name in INPUTS[:5] if not given[name]]
+    given = {name: bool(input_of(node, name)) for name in INPUTS}
+    missing = [name for name in REQUIRED_INPUTS if not given[name]]
     if missing:
         raise fail(f"required inputs {missing} are missing")
     num_outputs = max((i + 1 for i, x in enumerate(node.outputs) if x), default=0)
     if not 1 <= num_outputs <= len(OUTPUTS) or len(node.outputs) > len(OUTPUTS):
         raise fail(f"outputs {node.outputs} do not fit (o, final_state, token_states)")
-    rank_q, _ = _value_info(scopes, node.inputs[0])
-    rank_g, _ = _value_info(scopes, node.inputs[3])
-    _, v_dtype = _value_info(scopes, node.inputs[2])
+    rank_q, _ = _value_info(scopes, input_of(node, "q"))
+    rank_g, _ = _value_info(scopes, input_of(node, "g"))
+    _, v_dtype = _value_info(scopes, input_of(node, "v"))
     if rank_q not in (3, 4):
         raise fail(f"rank of q is {rank_q or 'unknown'}; 3 (packed) or 4 (batch) is needed")
     if rank_g not in (rank_q - 1, rank_q):
@@ -165,14 +169,14 @@ def body_config(node: Node, scopes: list[Graph]) -> BodyConfig:
         raise fail("cu_seqlens is only valid with the packed layout")
     if (given["state_in_index"] or given["state_out_index"]) and not given["state"]:
         raise fail("state_in_index/state_out_index need a state input")
-    head_map = str(node.attr("head_map", "interleave"))
-    state_layout = str(node.attr("state_layout", "kv"))
+    attrs = attrs_of(node)
+    head_map, state_layout = attrs.head_map, attrs.state_layout
     if head_map not in HEAD_MAPS or state_layout not in STATE_LAYOUTS:
         raise fail(f"head_map {head_map!r} / state_layout {state_layout!r} unknown")
     return BodyConfig(
         packed=rank_q == 3, cu_seqlens=given["cu_seqlens"], kda=rank_g == rank_q,
-        qk_l2norm=bool(node.attr("qk_l2norm", 0)), head_map=head_map,
-        state_layout=state_layout, scale_attr="scale" in node.attrs, state=given["state"],
+        qk_l2norm=attrs.qk_l2norm, head_map=head_map,
+        state_layout=state_layout, scale_attr=attrs.scale is not None, state=given["state"],
         in_index=given["state_in_index"], out_index=given["state_out_index"],
         num_outputs=num_outputs, f64=v_dtype == TensorProto.DOUBLE,
     )

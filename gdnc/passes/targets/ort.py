@@ -19,12 +19,10 @@ import numpy as np
 
 from gdnc.errors import EmitError
 from gdnc.ir.graph import Graph, Model, Node, make_attrs
-from gdnc.opset import gated_delta_net as fused_op
-from gdnc.opset.gated_delta_net import GdnAttrs
+from gdnc.opset.gated_delta_net import DOMAIN, L2NORM_EPS, attrs_of, input_of, is_fused, output_of
 from gdnc.passes.patterns import known_dim, shape_of
 
 ORT_DOMAIN = "com.microsoft"
-L2NORM_EPS = 1e-6
 
 
 class _Emitter:
@@ -57,15 +55,14 @@ def _heads_known(g: Graph, value: str) -> tuple | None:
 
 def _lower(g: Graph, nid: int) -> None:
     node = g.node(nid)
-    inputs = node.inputs + [""] * (len(fused_op.INPUTS) - len(node.inputs))
-    q, k, v, gate, beta, state, cu_seqlens, in_index, out_index = inputs[: len(fused_op.INPUTS)]
-    if cu_seqlens:
+    q, k, v, gate, beta, state = (input_of(node, name) for name in ("q", "k", "v", "g", "beta", "state"))
+    if input_of(node, "cu_seqlens"):
         raise _refuse(node, "several packed sequences (cu_seqlens)")
-    if in_index or out_index:
+    if input_of(node, "state_in_index") or input_of(node, "state_out_index"):
         raise _refuse(node, "a state pool with slot indices")
-    if len(node.outputs) > 2 and node.outputs[2]:
+    if output_of(node, "token_states"):
         raise _refuse(node, "per-token states")
-    attrs = GdnAttrs.from_onnx({name: node.attr(name) for name in node.attrs})
+    attrs = attrs_of(node)
     q_shape, v_shape = _heads_known(g, q), _heads_known(g, v)
     if q_shape is None or v_shape is None:
         raise _refuse(node, "inputs of unknown head counts or head dims")
@@ -96,8 +93,7 @@ def _lower(g: Graph, nid: int) -> None:
     o_shape = [0, 0, HV, V] if not packed else [-1, HV, V]
     if packed:
         out = e.op("Squeeze", [out, e.const([0])])[0]
-    o_name = node.outputs[0]
-    final = node.outputs[1] if len(node.outputs) > 1 else ""
+    o_name, final = output_of(node, "o"), output_of(node, "final_state")
     g.remove_node(nid)
     g.add_node(Node("Reshape", [out, e.const(o_shape)], [o_name]), e.position)
     if final:
@@ -109,7 +105,7 @@ def _lower(g: Graph, nid: int) -> None:
 
 
 def _l2norm(e: _Emitter, x: str) -> str:
-    """x / sqrt(sum(x*x, -1) + 1e-6) over the key dim (SPEC §2.1)."""
+    """x / sqrt(sum(x*x, -1) + L2NORM_EPS) over the key dim (SPEC §2.1)."""
     sq = e.op("Mul", [x, x])[0]
     total = e.op("ReduceSum", [sq, e.const([-1])], keepdims=1)[0]
     eps = e.g.constant(np.array(L2NORM_EPS, dtype=np.float32), f"{e.name}_eps")
@@ -120,12 +116,11 @@ def _l2norm(e: _Emitter, x: str) -> str:
 def lower_to_linear_attention(model: Model) -> int:
     """Lower every fused node of the main graph; returns how many. EmitError if one cannot."""
     g = model.graph
-    fused = [nid for nid in g.node_ids()
-             if g.node(nid).domain == fused_op.DOMAIN and g.node(nid).op_type == fused_op.OP_TYPE]
+    fused = [nid for nid in g.node_ids() if is_fused(g.node(nid))]
     for nid in fused:
         _lower(g, nid)
     if fused:
         model.opset_imports.setdefault(ORT_DOMAIN, 1)
-        if not any(n.domain == fused_op.DOMAIN for _, n in g.nodes()):
-            model.opset_imports.pop(fused_op.DOMAIN, None)
+        if not any(n.domain == DOMAIN for _, n in g.nodes()):
+            model.opset_imports.pop(DOMAIN, None)
     return len(fused)
