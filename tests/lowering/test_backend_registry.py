@@ -40,7 +40,7 @@ def _with(call: GdnCall, name: str, x: torch.Tensor) -> GdnCall:
 
 def test_registry_names_and_order():
     assert list(BACKENDS) == ["reference", "cpu", "triton"]
-    assert set(AUTO_ORDER) == set(BACKENDS) and AUTO_ORDER[-1] == "reference"
+    assert set(AUTO_ORDER) == set(BACKENDS) and AUTO_ORDER[-1] == "cpu"
     assert all(BACKENDS[name].kernels and not BACKENDS[name].oracle for name in KERNEL_BACKENDS)
     assert BACKENDS["reference"].oracle
     assert BACKENDS["cpu"].chunked_min_tokens == 20 and BACKENDS["triton"].chunked_min_tokens == 32
@@ -95,7 +95,8 @@ def test_kernels_refuse_operands_that_require_grad(backend, monkeypatch):
     with torch.no_grad():
         assert BACKENDS["cpu"].verify(call) is None
     assert BACKENDS["reference"].verify(call) is None
-    assert first_accepting(call).name == "reference"  # the oracle follows autograd
+    with pytest.raises(OpArgumentError, match="requires grad"):  # "auto" never hides a kernel's refusal
+        select_backend("auto", call)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -104,9 +105,13 @@ def test_auto_picks_the_cpu_kernels_for_cpu_tensors_and_the_oracle_for_fp64(seed
     rng = random.Random(seed)
     call = _call(seed, rng.choice(KERNEL_DTYPES))
     assert select_backend("auto", call) is BACKENDS["cpu"]
-    name = rng.choice(OPERANDS)
+    name = rng.choice(("q", "state_pool"))
     fp64 = _with(call, name, call.operands[name].double())
     assert select_backend("auto", fp64) is BACKENDS["reference"]
+    other = rng.choice(("k", "v", "g", "beta"))
+    refused_dtype = f"{other}: dtype torch.float64 is not supported by backend 'cpu'"
+    with pytest.raises(OpArgumentError, match=refused_dtype):
+        select_backend("auto", _with(call, other, call.operands[other].double()))
     refused = "no backend takes this call: .*backend 'cpu'.*backend 'triton'"
     with pytest.raises(OpArgumentError, match=refused):
         first_accepting(fp64, KERNEL_BACKENDS)

@@ -72,7 +72,7 @@ def gated_delta_net(
     [T_total, HV]; state_pool [P, HV, K, V] ("kv") or [P, HV, V, K] ("vk"), updated in place;
     cu_seqlens int64 [N+1]; state_in_index / state_out_index int64 [N] (see
     ``gated_delta_net_reference``); token_states optional output [T_total, HV, K, V] (or vk).
-    ``backend``: "auto" (the first of ``backends.AUTO_ORDER`` that takes the call), "cpu",
+    ``backend``: "auto" (fp64 calls the reference, CUDA ones Triton, others the CPU kernels), "cpu",
     "triton", "reference"; ``algorithm``: "auto" (per sequence: chunked from the backend's
     ``chunked_min_tokens`` on), "recurrent", "chunked". A mixed batch runs as at most two
     launches.

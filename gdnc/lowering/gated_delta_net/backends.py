@@ -4,8 +4,9 @@
 vectorised torch kernels (CPU tensors); "triton" the GPU kernels (CUDA tensors, or CPU ones
 under TRITON_INTERPRET=1). The kernel backends take fp32/bf16/fp16 tensors that need no grad
 and have a recurrent and a chunked algorithm (``run(launch: GdnLaunch) -> None``, imported on
-first use). ``select_backend(name, call)`` resolves a name ("auto": the first of AUTO_ORDER
-whose ``verify`` passes) or raises OpArgumentError with the reason the backend refuses.
+first use). ``select_backend(name, call)`` resolves a name ("auto": the first backend of
+AUTO_ORDER whose ``auto_for`` claims the call) or raises OpArgumentError with the reason the
+backend refuses.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def _any_device(name: str, device: torch.device) -> str | None:
     return None
 
 
+def _fp64_call(call: GdnCall) -> bool:
+    """fp64 calls go to the fp64 oracle: the kernels compute in fp32."""
+    return torch.float64 in (call.operands["q"].dtype, call.operands["state_pool"].dtype)
+
+
+def _cuda_call(call: GdnCall) -> bool:
+    return call.device.type == "cuda"
+
+
+def _every_call(call: GdnCall) -> bool:
+    return True
+
+
 def _cpu_device(name: str, device: torch.device) -> str | None:
     return None if device.type == "cpu" else f"backend {name!r} needs CPU tensors, got {device}"
 
@@ -61,7 +75,9 @@ class Backend:
     the oracle, which runs whole calls through ``gated_delta_net_reference``. ``dtypes``: the
     operand dtypes it takes (None: any). ``chunked_min_tokens``: with ``algorithm="auto"``,
     sequences at least this long run chunked, shorter ones recurrent (break-even measured, see
-    benchmarks/RESULTS.md). ``needs_package``: a module that must be installed."""
+    benchmarks/RESULTS.md). ``needs_package``: a module that must be installed. ``auto_for``:
+whether ``backend="auto"`` sends a call here (asked in AUTO_ORDER; the backend then verifies
+it, so "auto" fails with the reason of the backend the call belongs to)."""
 
     name: str
     kernels: Mapping[str, tuple[str, str]] = field(default_factory=dict)
@@ -70,6 +86,7 @@ class Backend:
     chunked_min_tokens: int = 0
     device_check: Callable[[str, torch.device], str | None] = _any_device
     needs_package: str | None = None
+    auto_for: Callable[[GdnCall], bool] = _every_call
 
     @property
     def oracle(self) -> bool:
@@ -107,19 +124,19 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("reference", differentiable=True),
+    Backend("reference", differentiable=True, auto_for=_fp64_call),
     Backend("cpu", kernels={"recurrent": ("cpu", "run_recurrent"), "chunked": ("cpu", "run_chunked")},
             dtypes=KERNEL_DTYPES, chunked_min_tokens=20, device_check=_cpu_device),
     Backend("triton",
             kernels={"recurrent": ("triton_recurrent", "run"), "chunked": ("triton_chunked", "run")},
             dtypes=KERNEL_DTYPES, chunked_min_tokens=32, device_check=_cuda_device,
-            needs_package="triton"),
+            needs_package="triton", auto_for=_cuda_call),
 )}
-AUTO_ORDER = ("cpu", "triton", "reference")  # "auto": kernels where they can run, else the oracle
+AUTO_ORDER = ("reference", "triton", "cpu")  # "auto": fp64 to the oracle, CUDA to Triton, else CPU
 KERNEL_BACKENDS = ("cpu", "triton")
 
 
-def first_accepting(call: GdnCall, names: tuple[str, ...] = AUTO_ORDER) -> Backend:
+def first_accepting(call: GdnCall, names: tuple[str, ...] = KERNEL_BACKENDS) -> Backend:
     """The first backend of ``names`` whose ``verify`` passes; OpArgumentError giving every
     backend's reason when none does."""
     reasons = []
@@ -132,11 +149,11 @@ def first_accepting(call: GdnCall, names: tuple[str, ...] = AUTO_ORDER) -> Backe
 
 
 def select_backend(name: str, call: GdnCall) -> Backend:
-    """The backend ``name`` ("auto": ``first_accepting``) if it can take ``call``; else
-    OpArgumentError: unknown name, or the backend's reason."""
+    """The backend ``name`` ("auto": the first of AUTO_ORDER that claims the call) if it can
+    take ``call``; else OpArgumentError: unknown name, or the backend's reason."""
     if name == "auto":
-        return first_accepting(call)
-    if name not in BACKENDS:
+        name = next(n for n in AUTO_ORDER if BACKENDS[n].auto_for(call))
+    elif name not in BACKENDS:
         raise OpArgumentError(
             f"gated_delta_net: backend {name!r} is not one of {['auto', *BACKENDS]}")
     reason = BACKENDS[name].verify(call)
