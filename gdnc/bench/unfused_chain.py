@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from gdnc.bench.op_inputs import OpInputs
-from gdnc.ir.builder import FLOAT, INT64, Emit
+from gdnc.ir.builder import FLOAT, INT64, GraphBuilder
 from gdnc.ir.graph import Model
 from gdnc.models.qwen_hybrid.config import HybridConfig
 from gdnc.models.qwen_hybrid.graph import Composition, delta_net_layer
@@ -25,7 +25,7 @@ def chain_model(cfg: HybridConfig, x: OpInputs) -> Model:
     the pool after the batch (``POOL.out``)."""
     s = x.shape
     c = replace(cfg, n_v_heads=s.HV, k_dim=s.K, v_dim=s.V)
-    e = Emit(f"delta_net_chain_{x.batch}x{x.tokens}")
+    e = GraphBuilder.new(f"delta_net_chain_{x.batch}x{x.tokens}")
     n = x.batch * x.tokens
     for name, shape in zip(FIELDS, ([n, s.HV, s.K], [n, s.HV, s.K], [n, s.HV, s.V], [n, s.HV], [n, s.HV])):
         e.input(name, FLOAT, shape)

@@ -407,12 +407,13 @@ class Graph:
             or name in self.inputs
 
     def constant(self, array: np.ndarray, hint: str = "const") -> str:
-        """An initializer holding ``array``, shared with an identical one made before."""
+        """An initializer holding ``array``, shared with an identical one made before; a new
+        one is named by ``fresh_name(hint)`` (so no name handed out before, defined or not)."""
         array = np.asarray(array)
         key = (array.dtype.str, array.shape, array.tobytes())
         name = self._shared_consts.get(key)
         if name is None or name not in self.initializers:
-            name = self._shared_consts[key] = self.add_initializer(hint, array)
+            name = self._shared_consts[key] = self.add_initializer(self.fresh_name(hint), array)
         return name
 
     def _add_use(self, name: str, nid: int) -> None:

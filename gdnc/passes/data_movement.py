@@ -18,7 +18,8 @@ import networkx as nx
 import numpy as np
 import torch
 
-from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.ir.builder import GraphBuilder
+from gdnc.ir.graph import Graph
 from gdnc.opset.node_eval import eval_node
 from gdnc.passes.patterns import ONNX_DOMAINS, static_shape
 from gdnc.passes.rewrite import Miss
@@ -150,19 +151,11 @@ class FoldDataMovement:
             return Miss(self.name, f"{out!r} is not a transpose/reshape of {region.source!r}")
         perm, reshape = layout
         value = region.source
-        position = g.position(nid)
+        b = GraphBuilder(g, position=g.position(nid))
         if perm != sorted(perm):
-            value = _emit(g, Node("Transpose", [value], [g.fresh_name(out + "_t")],
-                                  attrs=make_attrs(perm=perm)), position)
+            value = b.op("Transpose", value, hint=out + "_t", perm=perm)
         if reshape:
-            shape_c = g.constant(np.array(out_shape, dtype=np.int64), out + "_shape")
-            value = _emit(g, Node("Reshape", [value, shape_c], [g.fresh_name(out + "_r")]), position)
-        g.value(value).dtype = g.value(region.source).dtype
-        g.value(value).shape = out_shape
+            value = b.op("Reshape", value, b.const(out_shape, hint=out + "_shape"), hint=out + "_r")
+        b.typed(value, g.value(region.source).dtype, out_shape)
         return g.bypass(nid, out, value)
-
-
-def _emit(g: Graph, node: Node, position: float) -> str:
-    g.add_node(node, position=position)
-    return node.outputs[0]
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gdnc.ir.builder import FLOAT, INT64, Emit
+from gdnc.ir.builder import FLOAT, INT64, GraphBuilder
 from gdnc.runtime.executor import Executor, GraphRunner
 
 
 def _pool_graph(extra_reader: str | None):
     """out = ScatterND(pool, idx, upd) (+ an extra reader of pool whose result is an output)."""
-    e = Emit("donate")
+    e = GraphBuilder.new("donate")
     pool = e.input("pool", FLOAT, [4, 3])
     idx = e.input("idx", INT64, [1, 1])
     upd = e.input("upd", FLOAT, [1, 3])
@@ -58,7 +58,7 @@ def test_donated_pool_with_a_view_reader_is_copied():
 def test_constant_shape_inputs_are_planned_on_the_host():
     """On an accelerator, a Reshape's constant shape is read from a host copy (no sync), while
     the data constants live on the device ("meta" stands in for one here)."""
-    e = Emit("host")
+    e = GraphBuilder.new("host")
     x = e.input("x", FLOAT, [2, 3])
     e.output(e.op("Add", e.reshape(x, [3, 2]), e.weight("w", np.ones((3, 2)))), "y")
     model = e.model()

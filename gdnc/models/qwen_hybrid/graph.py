@@ -55,7 +55,7 @@ import numpy as np
 from gdnc import progress
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.ir.builder import FLOAT, INT64, Emit
+from gdnc.ir.builder import FLOAT, INT64, GraphBuilder
 from gdnc.ir.graph import Model, Value
 from gdnc.models.qwen_hybrid.config import HybridConfig, hybrid_config
 from gdnc.opset.gated_delta_net import L2NORM_EPS  # HF's l2norm inside the delta net
@@ -115,7 +115,7 @@ def _qkv_z(w: HybridWeights, c: HybridConfig, i: int) -> tuple[np.ndarray, np.nd
     return qkv, z.reshape(-1, E)
 
 
-def _ssm_ba(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple[str, str]:
+def _ssm_ba(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple[str, str]:
     """(beta logits, alpha) [T, HV] in the file's value-head order."""
     E, H, HV = c.n_embd, c.n_k_heads, c.n_v_heads
     if c.arch == "qwen3next":  # per key head g: [b(g, 0..r-1), a(g, 0..r-1)]
@@ -128,7 +128,7 @@ def _ssm_ba(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple
     return b, a
 
 
-def _repeat_heads(e: Emit, x: str, c: HybridConfig) -> str:
+def _repeat_heads(e: GraphBuilder, x: str, c: HybridConfig) -> str:
     """[T, H, K] -> [T, HV, K] in the value-head order of the architecture."""
     H, r, K = c.n_k_heads, c.n_v_heads // c.n_k_heads, c.k_dim
     if r == 1:
@@ -139,7 +139,7 @@ def _repeat_heads(e: Emit, x: str, c: HybridConfig) -> str:
     return e.reshape(x, [-1, H * r, K])
 
 
-def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
+def _conv(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     """Causal depthwise conv of x [T, ch] over each sequence's [conv state; new inputs], then
     SiLU; the new conv states are scattered back into the pool."""
     C, ch = c.conv_kernel, c.conv_channels
@@ -156,7 +156,8 @@ def _conv(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     return e.silu(y)
 
 
-def delta_net_layer(e: Emit, c: HybridConfig, fields: tuple[str, ...], i: int, comp: Composition) -> str:
+def delta_net_layer(e: GraphBuilder, c: HybridConfig, fields: tuple[str, ...], i: int,
+                    comp: Composition) -> str:
     """HF's torch_recurrent_gated_delta_rule per sequence and token on rows of the packed
     (q, k, v, g, beta); o [T, HV, V]."""
     HV, K, V = c.n_v_heads, c.k_dim, c.v_dim
@@ -180,7 +181,7 @@ def delta_net_layer(e: Emit, c: HybridConfig, fields: tuple[str, ...], i: int, c
     return e.concat(outs, 0)
 
 
-def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
+def _recurrent_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int,
                      comp: Composition) -> str:
     E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
     ch = c.conv_channels
@@ -204,7 +205,7 @@ def _recurrent_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
                       f"blk.{i}.ssm_out")
 
 
-def _rope(e: Emit, x: str, c: HybridConfig, angles: tuple[str, str]) -> str:
+def _rope(e: GraphBuilder, x: str, c: HybridConfig, angles: tuple[str, str]) -> str:
     """NeoX rotation of the first rope_dim dims of x [T, heads, head_dim]."""
     rd = c.rope_dim
     cos, sin = angles  # [T, 1, rd/2]
@@ -215,7 +216,7 @@ def _rope(e: Emit, x: str, c: HybridConfig, angles: tuple[str, str]) -> str:
     return e.concat(parts, 2)
 
 
-def _rope_angles(e: Emit, c: HybridConfig) -> tuple[str, str]:
+def _rope_angles(e: GraphBuilder, c: HybridConfig) -> tuple[str, str]:
     """cos and sin [T, 1, rope_dim/2] of ``positions`` (fp32, as llama.cpp and HF)."""
     rd = c.rope_dim
     inv = (c.rope_base ** (-np.arange(0, rd, 2, dtype=np.float64) / rd)).astype(np.float32)
@@ -224,7 +225,7 @@ def _rope_angles(e: Emit, c: HybridConfig) -> tuple[str, str]:
     return e.op("Cos", ang), e.op("Sin", ang)
 
 
-def _hidden_keys(e: Emit) -> str:
+def _hidden_keys(e: GraphBuilder) -> str:
     """bool [N, 1, Lq, S]: key s is after query j of sequence n (its position is larger)."""
     q_pos = e.op("Gather", "positions", "q_rows", axis=0)  # [N, Lq]
     n_keys = e.op("Squeeze", e.op("Shape", "kv_read", start=1, end=2), e.const([0]))
@@ -232,7 +233,7 @@ def _hidden_keys(e: Emit) -> str:
     return e.op("Less", e.unsqueeze(e.unsqueeze(q_pos, 1), 3), key_pos)
 
 
-def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
+def _attention_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int,
                      angles: tuple[str, str], hidden: str) -> str:
     E, nh, nkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
     qg = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_q.weight", 2 * nh * hd, E), f"blk.{i}.attn_q"),
@@ -266,12 +267,12 @@ def _attention_layer(e: Emit, w: HybridWeights, c: HybridConfig, h: str, i: int,
                       f"blk.{i}.attn_output")
 
 
-def _swiglu(e: Emit, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray, name: str) -> str:
+def _swiglu(e: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray, name: str) -> str:
     hidden = e.op("Mul", e.silu(e.matmul_t(x, gate, f"{name}_gate")), e.matmul_t(x, up, f"{name}_up"))
     return e.matmul_t(hidden, down, f"{name}_down")
 
 
-def _moe(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
+def _moe(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     """Softmax router, top-k renormalised, every expert evaluated densely, plus the shared
     expert scaled by sigmoid(gate_inp_shexp · x)."""
     E, n, ff, k = c.n_embd, c.n_expert, c.n_ff_exp, c.n_expert_used
@@ -296,7 +297,7 @@ def _moe(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     return e.op("Add", routed, e.op("Mul", shared, shared_gate))
 
 
-def _ffn(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
+def _ffn(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     if c.moe:
         return _moe(e, w, c, x, i)
     E, ff = c.n_embd, c.n_ff
@@ -304,7 +305,7 @@ def _ffn(e: Emit, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
                    w(f"blk.{i}.ffn_down.weight", E, ff), f"blk.{i}.ffn")
 
 
-def _batch_inputs(e: Emit, c: HybridConfig, comp: Composition) -> None:
+def _batch_inputs(e: GraphBuilder, c: HybridConfig, comp: Composition) -> None:
     T, N, C = comp.n_tokens, len(comp.lengths), c.conv_kernel
     shapes: dict[str, list[int | str]] = {
         "tokens": [T], "positions": [T], "state_slots": [N], "conv_rows": [T, C],
@@ -321,7 +322,7 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
     w = HybridWeights(f, c)
     if not comp.lengths or min(comp.lengths) < 1:
         raise ModelLoadError(f"composition {list(comp.lengths)} needs >= 1 sequence of >= 1 token")
-    e = Emit(f"{c.arch}_" + "_".join(map(str, comp.lengths)))
+    e = GraphBuilder.new(f"{c.arch}_" + "_".join(map(str, comp.lengths)))
     _batch_inputs(e, c, comp)
     x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), "tokens",
              axis=0)

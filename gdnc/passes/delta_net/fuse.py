@@ -10,9 +10,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.ir.builder import GraphBuilder
+from gdnc.ir.graph import Graph, Model, Node
 from gdnc.opset.gated_delta_net import DOMAIN, OPSET_VERSION, GdnAttrs, fused_node, input_of
 from gdnc.passes.delta_net.chains import Chain, find_chains
 from gdnc.passes.delta_net.sequences import fuse_group, group_sequences
@@ -48,31 +47,6 @@ class FusionResult:
     misses: list[Miss] = field(default_factory=list)
 
 
-def _unsqueeze(g: Graph, value: str, axis: int, opset: int, position: float) -> str:
-    out = g.fresh_name(f"{value}_u")
-    if opset >= 13:
-        axes = g.constant(np.array([axis], dtype=np.int64), "gdn_axis")
-        g.add_node(Node("Unsqueeze", [value, axes], [out]), position)
-    else:
-        g.add_node(Node("Unsqueeze", [value], [out], attrs=make_attrs(axes=[axis])), position)
-    shape = shape_of(g, value)
-    g.value(out).dtype = g.value(value).dtype
-    if shape is not None:
-        g.value(out).shape = shape[:axis] + (1,) + shape[axis:]
-    return out
-
-
-def _stack(g: Graph, values: list[str], axis: int, opset: int, position: float, hint: str) -> str:
-    parts = [_unsqueeze(g, v, axis, opset, position) for v in values]
-    out = g.fresh_name(hint)
-    g.add_node(Node("Concat", parts, [out], attrs=make_attrs(axis=axis)), position)
-    g.value(out).dtype = g.value(values[0]).dtype
-    shape = shape_of(g, parts[0])
-    if shape is not None:
-        g.value(out).shape = shape[:axis] + (len(parts),) + shape[axis + 1:]
-    return out
-
-
 def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Miss:
     steps = chain.steps
     first, last = steps[0], steps[-1]
@@ -86,38 +60,28 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
     g.remove_nodes(n for s in steps for n in s.nodes)
 
     axis = batch_dims
+    b = GraphBuilder(g, opset=opset, position=position, prefix=f"{name}_", const_hint="gdn_axis")
     q, k, v, gate, beta = (
-        _stack(g, [getattr(s, f) for s in steps], axis, opset, position, f"{name}_{f}")
-        for f in ("q", "k", "v", "gate", "beta")
+        b.stack([getattr(s, f) for s in steps], axis, hint=f) for f in ("q", "k", "v", "gate", "beta")
     )
     if not first.gate_is_log:
-        log_gate = g.fresh_name(f"{name}_g")
-        g.add_node(Node("Log", [gate], [log_gate]), position)
-        g.value(log_gate).dtype, g.value(log_gate).shape = g.value(gate).dtype, g.value(gate).shape
-        gate = log_gate
+        gate = b.typed(b.op("Log", gate, hint="g"), g.value(gate).dtype, g.value(gate).shape)
     state = "" if is_zero_const(g, first.prev) else first.prev
     final = last.new
     if batch_dims == 0:  # one unbatched sequence: the node's state is [N = 1, HV, ...]
-        state = state and _unsqueeze(g, state, 0, opset, position)
-        final = g.fresh_name(f"{name}_state")
-    o_full = g.fresh_name(f"{name}_o")
+        state = state and b.unsqueeze(state, 0)
+        final = b.fresh(f"{name}_state")
+    o_full = b.fresh(f"{name}_o")
     g.add_node(fused_node({"q": q, "k": k, "v": v, "g": gate, "beta": beta, "state": state},
                           {"o": o_full, "final_state": final},
                           GdnAttrs(scale=1.0, state_layout=first.layout), name), position)
     if batch_dims == 0:
-        g.value(final).dtype = state_meta[0]
-        g.value(final).shape = None if state_meta[1] is None else (1, *state_meta[1])
-        squeeze_axes = [g.constant(np.array([0], dtype=np.int64), "gdn_axis")] if opset >= 13 else []
-        g.add_node(Node("Squeeze", [final, *squeeze_axes], [last.new],
-                        attrs={} if opset >= 13 else make_attrs(axes=[0])), position)
-    g.value(last.new).dtype, g.value(last.new).shape = state_meta
-    v_shape = shape_of(g, v)
-    g.value(o_full).dtype = g.value(v).dtype
-    g.value(o_full).shape = v_shape
+        b.typed(final, state_meta[0], None if state_meta[1] is None else (1, *state_meta[1]))
+        b.squeeze(final, [0], out=last.new)
+    b.typed(last.new, *state_meta)
+    b.typed(o_full, g.value(v).dtype, shape_of(g, v))
     for t, (o_t, (dtype, shape)) in enumerate(zip(o_values, o_meta)):
-        index = g.constant(np.array(t, dtype=np.int64), f"gdn_t{t}")
-        g.add_node(Node("Gather", [o_full, index], [o_t], attrs=make_attrs(axis=axis)), position)
-        g.value(o_t).dtype, g.value(o_t).shape = dtype, shape
+        b.typed(b.op("Gather", o_full, b.const(t, hint=f"gdn_t{t}"), out=o_t, axis=axis), dtype, shape)
     return _info(g, g.node(g.producer(o_full)), len(steps), first, 1)  # type: ignore[arg-type]
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.ir.builder import GraphBuilder
+from gdnc.ir.graph import Graph, Node
 from gdnc.opset.gated_delta_net import GdnAttrs, fused_node
 from gdnc.passes.delta_net.chains import Chain
 from gdnc.passes.patterns import axes_of, norm_axes, producer, rank, static_shape
@@ -187,25 +188,21 @@ def fuse_group(g: Graph, members: list[PoolChain], name: str) -> tuple[Node, lis
     pool_out = g.node(members[-1].write).outputs[0]
     meta = {v: (g.value(v).dtype, g.value(v).shape) for v in [pool_out, *(s.o for s in steps)]}
     g.remove_nodes(removed)
+    b = GraphBuilder(g, position=position, prefix=f"{name}_")
     gate = packed["gate"]
     if not first.gate_is_log:
-        gate = g.fresh_name(f"{name}_g")
-        g.add_node(Node("Log", [packed["gate"]], [gate]), position)
-        g.value(gate).dtype, g.value(gate).shape = g.value(packed["gate"]).dtype, \
-            g.value(packed["gate"]).shape
-    cu = g.constant(np.array([0, *np.cumsum(lengths)], dtype=np.int64), f"{name}_cu_seqlens")
+        gate = b.typed(b.op("Log", gate, hint="g"), g.value(gate).dtype, g.value(gate).shape)
+    cu = b.const([0, *np.cumsum(lengths)], hint=f"{name}_cu_seqlens")
     slots = members[0].slots
-    o = g.fresh_name(f"{name}_o")
+    o = b.fresh(f"{name}_o")
     node = fused_node({"q": packed["q"], "k": packed["k"], "v": packed["v"], "g": gate,
                        "beta": packed["beta"], "state": members[0].pool, "cu_seqlens": cu,
                        "state_in_index": slots, "state_out_index": slots},
                       {"o": o, "final_state": pool_out},
                       GdnAttrs(scale=1.0, state_layout=first.layout), name)
     g.add_node(node, position)
-    g.value(o).dtype, g.value(o).shape = g.value(packed["v"]).dtype, static_shape(g, packed["v"])
-    g.value(pool_out).dtype, g.value(pool_out).shape = meta[pool_out]
+    b.typed(o, g.value(packed["v"]).dtype, static_shape(g, packed["v"]))
+    b.typed(pool_out, *meta[pool_out])
     for r, s in enumerate(steps):
-        index = g.constant(np.array(r, dtype=np.int64), f"gdn_t{r}")
-        g.add_node(Node("Gather", [o, index], [s.o], attrs=make_attrs(axis=0)), position)
-        g.value(s.o).dtype, g.value(s.o).shape = meta[s.o]
+        b.typed(b.op("Gather", o, b.const(r, hint=f"gdn_t{r}"), out=s.o, axis=0), *meta[s.o])
     return node, lengths

@@ -20,17 +20,17 @@ Body (state kept kv internally; compute dtype fp32, fp64 when v is fp64):
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from gdnc.errors import EmitError
-from gdnc.ir.graph import Graph, Model, Node
+from gdnc.ir.builder import INT64, GraphBuilder
+from gdnc.ir.graph import Attr, Graph, Model, Node
+from gdnc.ir.to_onnx import graph_to_proto
 from gdnc.opset.gated_delta_net import (
     ATTRIBUTES,
     DOMAIN,
@@ -182,58 +182,31 @@ def body_config(node: Node, scopes: list[Graph]) -> BodyConfig:
     )
 
 
-class _Scope:
-    """The nodes of one graph scope; value names are unique across all scopes of a body."""
+def _body(cfg: BodyConfig, opset: int) -> GraphBuilder:
+    """A builder of a function body: INPUTS declared, OUTPUTS reserved, constants as nodes."""
+    f = GraphBuilder(Graph(OP_TYPE), opset=opset, const_nodes=True,
+                     float_type=TensorProto.DOUBLE if cfg.f64 else TensorProto.FLOAT)
+    for name in INPUTS:
+        f.input(name)
+    for name in OUTPUTS:
+        f.graph.value(name)  # reserved: fresh names avoid it
+    return f
 
-    def __init__(self, ids: Iterator[int], ct: int) -> None:
-        self.ids, self.ct = ids, ct
-        self.nodes: list[onnx.NodeProto] = []
 
-    def sub(self) -> _Scope:
-        return _Scope(self.ids, self.ct)
-
-    def fresh(self, hint: str) -> str:
-        return f"_{hint}{next(self.ids)}"
-
-    def ops(self, op_type: str, *inputs: str, n: int, **attrs: Any) -> list[str]:
-        outs = [self.fresh(op_type.lower()) for _ in range(n)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
-        return outs
-
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
-        out = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
-        return out
-
-    def const(self, values: Any, real: bool = False) -> str:
-        """int64 constant, or one in the compute dtype when ``real``."""
-        dtype = helper.tensor_dtype_to_np_dtype(self.ct) if real else np.int64
-        return self.op("Constant", value=numpy_helper.from_array(np.asarray(values, dtype)))
-
-    def zeros(self, *dims: str) -> str:
-        """Zeros in the compute dtype; ``dims`` are 1-D int64 shape pieces."""
-        shape = self.op("Concat", *dims, axis=0)
-        zero = numpy_helper.from_array(np.zeros(1, helper.tensor_dtype_to_np_dtype(self.ct)))
-        return self.op("ConstantOfShape", shape, value=zero)
-
-    def graph(self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[str],
-              output_types: list[int]) -> onnx.GraphProto:
-        outs = [helper.make_tensor_value_info(x, t, None)
-                for x, t in zip(outputs, output_types, strict=True)]
-        return helper.make_graph(self.nodes, name, inputs, outs)
-
-    def tensor(self, name: str, elem: int | None = None,
-               shape: list[int] | None = None) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(name, elem or self.ct, shape)
+def _zeros(f: GraphBuilder, *dims: str) -> str:
+    """Zeros in the compute dtype; ``dims`` are 1-D int64 shape pieces."""
+    zero = np.zeros(1, helper.tensor_dtype_to_np_dtype(f.float_type))
+    return f.op("ConstantOfShape", f.op("Concat", *dims, axis=0), value=zero)
 
 
 def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
     """The body of one configuration (shapes: ``gdnc.opset.gated_delta_net``); declares all of INPUTS
     (absent ones are never read) and OUTPUTS[:num_outputs]."""
-    f = _Scope(itertools.count(), TensorProto.DOUBLE if cfg.f64 else TensorProto.FLOAT)
-    q, k, v, g, beta = (f.op("Cast", x, to=f.ct) for x in INPUTS[:5])
+    f = _body(cfg, opset)
+    ct = f.float_type
+    q, k, v, g, beta = (f.op("Cast", x, to=ct) for x in INPUTS[:5])
     if cfg.qk_l2norm:
-        q, k = _l2norm(f, q), _l2norm(f, k)
+        q, k = f.l2_norm(q, L2NORM_EPS), f.l2_norm(k, L2NORM_EPS)
     H = f.op("Shape", "q", start=-2, end=-1)
     HV = f.op("Shape", "v", start=-2, end=-1)
     K = f.op("Shape", "q", start=-1)
@@ -245,13 +218,10 @@ def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
         heads = f.op("Mod", heads, H)
     q, k = (f.op("Gather", x, heads, axis=-2) for x in (q, k))
     if cfg.scale_attr:
-        scale = f.fresh("scale")
-        f.nodes.append(helper.make_node("Constant", [], [scale]))
-        f.nodes[-1].attribute.append(helper.make_attribute_ref(
-            "value_float", onnx.AttributeProto.FLOAT, ref_attr_name="scale"))
-        scale = f.op("Cast", scale, to=f.ct)
+        ref = Attr(onnx.AttributeProto.FLOAT, None, ref_attr_name="scale")
+        scale = f.op("Cast", f.op("Constant", hint="scale", value_float=ref), to=ct)
     else:
-        scale = f.op("Pow", f.op("Cast", K, to=f.ct), f.const(-0.5, real=True))
+        scale = f.op("Pow", f.op("Cast", K, to=ct), f.float_const(-0.5))
     steps = [
         f.op("Unsqueeze", f.op("Mul", q, scale), f.const([-2])),  # q row   [.., HV, 1, K]
         f.op("Unsqueeze", k, f.const([-2])),  # k row   [.., HV, 1, K]
@@ -274,13 +244,13 @@ def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
     if cfg.pool and not cfg.in_index:
         ins = f.op("Range", f.const(0), f.op("Squeeze", N), f.const(1))
     if not cfg.state:
-        init = f.zeros(N, HV, K, V)
+        init = _zeros(f, N, HV, K, V)
     elif not cfg.pool:
-        init = to_kv(f.op("Cast", "state", to=f.ct))
+        init = to_kv(f.op("Cast", "state", to=ct))
     else:
         rows = f.op("Gather", "state", f.op("Max", ins, f.const(0)), axis=0)
         keep = f.op("Unsqueeze", f.op("GreaterOrEqual", ins, f.const(0)), f.const([1, 2, 3]))
-        init = f.op("Where", keep, to_kv(f.op("Cast", rows, to=f.ct)), f.const(0.0, real=True))
+        init = f.op("Where", keep, to_kv(f.op("Cast", rows, to=ct)), f.float_const(0.0))
 
     want_ts = cfg.num_outputs == 3
     if cfg.cu_seqlens:
@@ -316,42 +286,37 @@ def _function(cfg: BodyConfig, opset: int) -> onnx.FunctionProto:
         f.op("CastLike" if cfg.state else "Identity", to_kv(ts),
              *["state"] * cfg.state, out="token_states")
     return helper.make_function(
-        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS[: cfg.num_outputs]), f.nodes,
+        DOMAIN, OP_TYPE, list(INPUTS), list(OUTPUTS[: cfg.num_outputs]), graph_to_proto(f.graph).node,
         [helper.make_opsetid("", opset)], attributes=list(ATTRIBUTES), overload=cfg.overload,
     )
 
 
-def _l2norm(f: _Scope, x: str) -> str:
-    sumsq = f.op("ReduceSum", f.op("Mul", x, x), f.const([-1]), keepdims=1)
-    return f.op("Div", x, f.op("Sqrt", f.op("Add", sumsq, f.const(L2NORM_EPS, real=True))))
-
-
-def _scan(f: _Scope, init: str, steps: list[str], want_ts: bool) -> tuple[str, str, str | None]:
+def _scan(f: GraphBuilder, init: str, steps: list[str], want_ts: bool) -> tuple[str, str, str | None]:
     """Scan over axis 1 of ``steps`` (q row, k row, k col, v row, decay, beta; [B, T, HV, ..])
     from ``init`` [B, HV, K, V]; returns (final [B, HV, K, V], o [B, T, HV, 1, V],
     token states [B, T, HV, K, V] or None)."""
-    body = f.sub()
-    S, qr, kr, kc, vr, a, b = (body.fresh(x) for x in ("S", "q", "kr", "kc", "v", "a", "b"))
+    body = f.sub("gdn_step")
+    S, qr, kr, kc, vr, a, b = (body.input(body.fresh(x), f.float_type)
+                               for x in ("S", "q", "kr", "kc", "v", "a", "b"))
     S1 = body.op("Mul", S, a)
     delta = body.op("Mul", body.op("Sub", vr, body.op("MatMul", kr, S1)), b)
     S2 = body.op("Add", S1, body.op("MatMul", kc, delta))
     outs = [S2, body.op("MatMul", qr, S2)] + [body.op("Identity", S2)] * want_ts
-    graph = body.graph("gdn_step", [body.tensor(x) for x in (S, qr, kr, kc, vr, a, b)],
-                       outs, [f.ct] * len(outs))
-    res = f.ops("Scan", init, *steps, n=len(outs), body=graph, num_scan_inputs=len(steps),
+    body.set_outputs(outs, [f.float_type] * len(outs))
+    res = f.ops("Scan", [init, *steps], len(outs), body=body.graph, num_scan_inputs=len(steps),
                 scan_input_axes=[1] * len(steps), scan_output_axes=[1] * (len(outs) - 1))
     return res[0], res[1], res[2] if want_ts else None
 
 
-def _loop(f: _Scope, N: str, init: str, steps: list[str], dims: tuple[str, str, str],
+def _loop(f: GraphBuilder, N: str, init: str, steps: list[str], dims: tuple[str, str, str],
           want_ts: bool) -> tuple[str, str, str | None]:
     """Loop over the cu_seqlens sequences of packed ``steps`` [T_total, HV, ..], one B = 1 Scan
     each (an If skips it for an empty sequence: onnxruntime's Scan rejects length 0); returns
     (finals [N, HV, K, V], o [T_total, HV, V], token states [T_total, HV, K, V] or None)."""
     HV, K, V = dims
     empty = f.const([0])
-    carried = [f.zeros(empty, HV, V)] + [f.zeros(empty, HV, K, V)] * want_ts
-    body = f.sub()
+    carried = [_zeros(f, empty, HV, V)] + [_zeros(f, empty, HV, K, V)] * want_ts
+    body = f.sub("gdn_sequence")
     it, cond, o_acc, ts_acc = (body.fresh(x) for x in ("it", "cond", "o_acc", "ts_acc"))
     zero = body.const([0])
     i = body.op("Unsqueeze", it, zero)
@@ -359,25 +324,27 @@ def _loop(f: _Scope, N: str, init: str, steps: list[str], dims: tuple[str, str, 
     start, end = body.op("Gather", "cu_seqlens", i), body.op("Gather", "cu_seqlens", j)
     init_n = body.op("Slice", init, i, j, zero)  # [1, HV, K, V]
 
-    run = body.sub()
+    run = body.sub("gdn_run")
     seq = [run.op("Unsqueeze", run.op("Slice", x, start, end, zero), zero) for x in steps]
     final, o, ts = _scan(run, init_n, seq, want_ts)
     run_outs = [run.op("Squeeze", final, zero), run.op("Squeeze", o, run.const([0, -2]))]
     run_outs += [run.op("Squeeze", ts, zero)] if ts else []
-    skip = body.sub()
+    skip = body.sub("gdn_skip")
     skip_outs = [skip.op("Squeeze", init_n, zero)] + [skip.op("Identity", x) for x in carried]
-    types = [f.ct] * len(run_outs)
+    types = [f.float_type] * len(run_outs)
+    run.set_outputs(run_outs, types)
+    skip.set_outputs(skip_outs, types)
     seq_outs = body.ops(
-        "If", body.op("Greater", body.op("Squeeze", body.op("Sub", end, start)), body.const(0)),
-        n=len(run_outs), then_branch=run.graph("gdn_run", [], run_outs, types),
-        else_branch=skip.graph("gdn_skip", [], skip_outs, types),
+        "If", [body.op("Greater", body.op("Squeeze", body.op("Sub", end, start)), body.const(0))],
+        len(run_outs), then_branch=run.graph, else_branch=skip.graph,
     )
     outs = [body.op("Identity", cond)]
     accs = [o_acc] + [ts_acc] * want_ts
     outs += [body.op("Concat", acc, x, axis=0) for acc, x in zip(accs, seq_outs[1:], strict=True)]
     outs.append(seq_outs[0])
-    inputs = [body.tensor(it, TensorProto.INT64, []), body.tensor(cond, TensorProto.BOOL, []),
-              body.tensor(o_acc)] + [body.tensor(ts_acc)] * want_ts
-    graph = body.graph("gdn_sequence", inputs, outs, [TensorProto.BOOL] + types)
-    res = f.ops("Loop", f.op("Squeeze", N), "", *carried, n=len(outs) - 1, body=graph)
+    for name, dtype, shape in [(it, INT64, ()), (cond, TensorProto.BOOL, ())] + \
+            [(acc, f.float_type, None) for acc in accs]:
+        body.input(name, dtype, shape)
+    body.set_outputs(outs, [TensorProto.BOOL] + types)
+    res = f.ops("Loop", [f.op("Squeeze", N), "", *carried], len(outs) - 1, body=body.graph)
     return res[-1], res[0], res[1] if want_ts else None

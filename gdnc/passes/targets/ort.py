@@ -18,27 +18,12 @@ from __future__ import annotations
 import numpy as np
 
 from gdnc.errors import EmitError
-from gdnc.ir.graph import Graph, Model, Node, make_attrs
+from gdnc.ir.builder import GraphBuilder
+from gdnc.ir.graph import Graph, Model, Node
 from gdnc.opset.gated_delta_net import DOMAIN, L2NORM_EPS, attrs_of, input_of, is_fused, output_of
 from gdnc.passes.patterns import known_dim, shape_of
 
 ORT_DOMAIN = "com.microsoft"
-
-
-class _Emitter:
-    """Appends nodes next to one fused node."""
-
-    def __init__(self, g: Graph, position: float, name: str) -> None:
-        self.g, self.position, self.name = g, position, name
-
-    def op(self, op_type: str, inputs: list[str], domain: str = "", outputs: int = 1, **attrs) -> list[str]:
-        outs = [self.g.fresh_name(f"{self.name}_{op_type.lower()}") for _ in range(outputs)]
-        self.g.add_node(Node(op_type, inputs, outs, domain=domain, attrs=make_attrs(**attrs)),
-                        self.position)
-        return outs
-
-    def const(self, values: list[int] | float, dtype=np.int64) -> str:
-        return self.g.constant(np.array(values, dtype=dtype), f"{self.name}_c")
 
 
 def _refuse(node: Node, why: str) -> EmitError:
@@ -72,45 +57,36 @@ def _lower(g: Graph, nid: int) -> None:
     scale = attrs.scale if attrs.scale is not None else K ** -0.5
     if scale == 0.0:
         raise _refuse(node, "scale 0 (LinearAttention reads 0 as 1/sqrt(d_k))")
-    e = _Emitter(g, g.position(nid), node.name or "gdn")
+    name = node.name or "gdn"
+    e = GraphBuilder(g, position=g.position(nid), prefix=f"{name}_", const_hint=f"{name}_c")
     if packed:  # one sequence: a batch of one
-        q, k, v, gate, beta = (e.op("Unsqueeze", [x, e.const([0])])[0] for x in (q, k, v, gate, beta))
+        q, k, v, gate, beta = (e.unsqueeze(x, 0) for x in (q, k, v, gate, beta))
     if attrs.qk_l2norm:
-        q, k = (_l2norm(e, x) for x in (q, k))
+        q, k = (e.l2_norm(x, L2NORM_EPS) for x in (q, k))
     q_heads = H if attrs.head_map == "interleave" else HV
     if q_heads != H:  # LinearAttention's fewer query heads map interleaved; tile needs a gather
         heads = (np.arange(HV) % H).tolist()
-        q, k = (e.op("Gather", [x, e.const(heads)], axis=2)[0] for x in (q, k))
+        q, k = (e.op("Gather", x, e.const(heads), axis=2) for x in (q, k))
     flat = e.const([0, 0, -1])
-    query, key, value = (e.op("Reshape", [x, flat])[0] for x in (q, k, v))
-    decay = e.op("Reshape", [gate, flat])[0]  # [B,T,HV] stays, [B,T,HV,K] -> [B,T,HV*K]
+    query, key, value = (e.op("Reshape", x, flat) for x in (q, k, v))
+    decay = e.op("Reshape", gate, flat)  # [B,T,HV] stays, [B,T,HV,K] -> [B,T,HV*K]
     if state and attrs.state_layout == "vk":
-        state = e.op("Transpose", [state], perm=[0, 1, 3, 2])[0]
-    out, present = e.op(
-        "LinearAttention", [query, key, value, state, decay, beta], domain=ORT_DOMAIN, outputs=2,
+        state = e.op("Transpose", state, perm=[0, 1, 3, 2])
+    out, present = e.ops(
+        "LinearAttention", [query, key, value, state, decay, beta], 2, domain=ORT_DOMAIN,
         q_num_heads=q_heads, kv_num_heads=HV, update_rule="gated_delta", scale=float(scale),
     )
     o_shape = [0, 0, HV, V] if not packed else [-1, HV, V]
     if packed:
-        out = e.op("Squeeze", [out, e.const([0])])[0]
+        out = e.squeeze(out, [0])
     o_name, final = output_of(node, "o"), output_of(node, "final_state")
     g.remove_node(nid)
-    g.add_node(Node("Reshape", [out, e.const(o_shape)], [o_name]), e.position)
+    e.op("Reshape", out, e.const(o_shape), out=o_name)
     if final:
         if attrs.state_layout == "vk":
-            g.add_node(Node("Transpose", [present], [final], attrs=make_attrs(perm=[0, 1, 3, 2])),
-                       e.position)
+            e.op("Transpose", present, out=final, perm=[0, 1, 3, 2])
         else:
-            g.add_node(Node("Identity", [present], [final]), e.position)
-
-
-def _l2norm(e: _Emitter, x: str) -> str:
-    """x / sqrt(sum(x*x, -1) + L2NORM_EPS) over the key dim (SPEC §2.1)."""
-    sq = e.op("Mul", [x, x])[0]
-    total = e.op("ReduceSum", [sq, e.const([-1])], keepdims=1)[0]
-    eps = e.g.constant(np.array(L2NORM_EPS, dtype=np.float32), f"{e.name}_eps")
-    norm = e.op("Sqrt", [e.op("Add", [total, eps])[0]])[0]
-    return e.op("Div", [x, norm])[0]
+            e.op("Identity", present, out=final)
 
 
 def lower_to_linear_attention(model: Model) -> int:
