@@ -36,14 +36,14 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
 
+from corpus.zoo import export_hf  # noqa: E402
 from gdnc.atomic import write_text  # noqa: E402
 from gdnc.bench.options import GdnShape  # noqa: E402
 from gdnc.bench.peers import linear_attention_model, ort_session  # noqa: E402
 from gdnc.bench.timing import copy_bandwidth, time_calls  # noqa: E402
 from gdnc.lowering.gated_delta_net.api import gated_delta_net  # noqa: E402
-from tests.models.zoo import export_hf  # noqa: E402
 
 THREADS = 2
 HV, K, V = 32, 128, 128

@@ -1,6 +1,6 @@
 """Tokens/s of GGUF hybrids, fused vs unfused graphs, side by side in one run.
 
-For each example model (examples/make_gguf_models.py, written to a temporary folder) and each
+For each example model (corpus/tiny_gguf.py, written to a temporary folder) and each
 graph kind: one batch prefilling B prompts of P tokens, then N greedy decode steps of all B
 sequences together. Graph building is timed apart (the fused graph is built once; unfused
 graphs once per batch composition, then cached) and warmed up before the timed runs.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from examples.make_gguf_models import write_models
-from gdnc.atomic import write_text
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
+from corpus.tiny_gguf import write_models  # noqa: E402
+from gdnc.atomic import write_text  # noqa: E402
+from gdnc.models.qwen_hybrid.runner import Entry, HybridModel  # noqa: E402
 
 
 def _sync(device: str) -> None:

@@ -1,6 +1,6 @@
 """Conversion time of a 48-layer-like graph: N chained HF delta-net layers of T tokens each.
 
-The graph comes from the test zoo's ``export_many_layers`` (real torch.onnx.export of the HF
+The graph comes from the corpus zoo's ``export_many_layers`` (real torch.onnx.export of the HF
 per-token loop, one layer exported and chained N times; a single export of 36 unrolled layers
 takes over ten minutes, all of it in the exporter).
 
@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
 
+from corpus.zoo import export_many_layers  # noqa: E402
 from gdnc.convert import convert_model  # noqa: E402
 from gdnc.frontends.onnx_model import load_onnx  # noqa: E402
 from gdnc.ir.to_onnx import save_onnx  # noqa: E402
-from tests.models.zoo import export_many_layers  # noqa: E402
 
 
 def main() -> None:

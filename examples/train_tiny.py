@@ -3,13 +3,13 @@
 The model is ``transformers.Qwen3_5ForCausalLM`` (4 blocks: 3 Gated DeltaNet, 1 gated full
 attention; GVA with twice as many value heads as key heads), trained from scratch with AdamW on
 the text of ``pydoc_data.topics`` (a fixed 5% of the topics held out for evaluation). The
-tokenizer is ``make_gguf_models.train_tokenizer()``. The trained weights are written as GGUF
+tokenizer is ``corpus.tiny_gguf.train_tokenizer()``. The trained weights are written as GGUF
 for architecture ``qwen35`` in llama.cpp's layout (the mapping of ``convert_hf_to_gguf.py``,
 see ``tests/fixtures/gguf/README.md``), as F16 and Q8_0:
 ``<out>/tiny-qwen35-f16.gguf`` and ``<out>/tiny-qwen35-q8_0.gguf``. ``<out>/tiny-qwen35/``
 gets the HF checkpoint (``config.json``, ``model.safetensors`` in float16), the held-out text
 (``heldout.txt``) and a training log; ``<out>/tiny-qwen35-decode.onnx`` one decode step of that
-checkpoint as ONNX (``export_decode_onnx.py``).
+checkpoint as ONNX (``corpus/decode_onnx.py``).
 
 Finally the F16 file is loaded in gdnc (fused and unfused graphs) and its logits are compared
 with the HF model's on held-out text. Usage:
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.export_decode_onnx import export_decode_step, load_checkpoint  # noqa: E402
-from examples.make_gguf_models import SPECIAL, metadata, train_tokenizer, write_gguf  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
+from corpus.decode_onnx import export_decode_step, load_checkpoint  # noqa: E402
+from corpus.tiny_gguf import SPECIAL, metadata, train_tokenizer, write_gguf  # noqa: E402
 from gdnc.frontends.gguf_tokenizer import SPLIT_PATTERNS  # noqa: E402
 
 ARCH = "qwen35"

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check gdnc tests examples benchmarks
+.venv/bin/ruff check gdnc corpus tests examples benchmarks
 .venv/bin/mypy gdnc
 # pytest exit code 5 (no tests collected) is a failure too: set -e sees it as non-zero.
 .venv/bin/python -m pytest "$@"

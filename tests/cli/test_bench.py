@@ -17,6 +17,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
+from corpus.gguf_rewrite import rewrite
 from gdnc.bench.op_inputs import OpInputs
 from gdnc.bench.op_level import fused_call
 from gdnc.bench.options import GdnShape
@@ -25,7 +26,6 @@ from gdnc.bench.unfused_chain import UnfusedChain
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from tests.cli.test_gguf_cli import _ok, gdnc_all
-from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.models.zoo import export_hf
+from corpus.zoo import export_hf
 
 
 def gdnc(*args: str | Path) -> subprocess.CompletedProcess:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from examples.make_gguf_models import write_models
-from tests.frontends.gguf_rewrite import rewrite
+from corpus.gguf_rewrite import rewrite
+from corpus.tiny_gguf import write_models
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gguf"

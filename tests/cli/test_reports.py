@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from rich.console import Console
 
+from corpus.zoo import export_hf
 from gdnc.bench.options import GdnShape
 from gdnc.bench.results import Measure, Suite
 from gdnc.bench.tables import suite_table
@@ -28,7 +29,6 @@ from gdnc.heldout import HeldOut
 from gdnc.ir.from_onnx import model_from_proto
 from gdnc.passes.pipeline import fuse_model
 from gdnc.reporting import print_compare, print_heldout, print_report
-from tests.models.zoo import export_hf
 from tests.robustness.harness import run_cli
 
 SEED = int(np.random.SeedSequence().entropy % 2**32)
@@ -86,7 +86,7 @@ def test_near_misses_are_shown_only_when_they_left_something_unfused() -> None:
 
 
 def test_near_misses_of_steps_are_shown() -> None:
-    from tests.models.zoo import export_variant
+    from corpus.zoo import export_variant
 
     report = fuse_model(model_from_proto(onnx.load(export_variant(name="nearmiss_state_output", T=3).path)))
     text = _printed(print_report, report)

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from corpus.gguf_rewrite import rewrite
 from gdnc import __version__
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.llama_flags import IGNORED, REFUSED, device_for, screen
 from gdnc.runtime.sampling import SEED_MODULUS
-from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import Outcome, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from corpus.subgraphs import MODELS, feeds, run_ort
 from gdnc.compare import compare_file
 from gdnc.convert import convert_file
-from tests.models.subgraphs import MODELS, feeds, run_ort
 from tests.robustness.harness import Outcome, hold_to_promise, run_cli
 
 SUITE = "valid-but-rare ONNX"

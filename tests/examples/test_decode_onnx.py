@@ -1,4 +1,4 @@
-"""The trained tiny qwen35 as an ONNX decode step (``examples/export_decode_onnx.py``).
+"""The trained tiny qwen35 as an ONNX decode step (``corpus/decode_onnx.py``).
 
 The file is the committed ``examples/tiny-qwen35-decode.onnx`` (``train_tiny.py`` writes it);
 while it is missing, one exported from the checkpoint ``examples/tiny-qwen35/`` into a temporary
@@ -50,7 +50,7 @@ def decode_path(tmp_path_factory) -> Path:
         return DECODE
     if not _has_checkpoint():
         pytest.skip(f"neither {DECODE} nor a checkpoint {CHECKPOINT}/model.safetensors to export it from")
-    from examples.export_decode_onnx import export_decode_step, load_checkpoint
+    from corpus.decode_onnx import export_decode_step, load_checkpoint
 
     return export_decode_step(load_checkpoint(CHECKPOINT), tmp_path_factory.mktemp("decode") / "decode.onnx")
 
@@ -185,7 +185,7 @@ def test_logits_match_hf_with_its_own_cache(decode_path, converted) -> None:
         pytest.skip(f"no HF checkpoint {CHECKPOINT}/model.safetensors (train_tiny.py writes it)")
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from examples.export_decode_onnx import load_checkpoint
+    from corpus.decode_onnx import load_checkpoint
 
     model = load_checkpoint(CHECKPOINT)
     seed = int(np.random.default_rng().integers(1 << 31))

@@ -1,4 +1,5 @@
-"""The tiny GGUF models of ``examples/make_gguf_models.py`` load in gdnc's GGUF frontend.
+"""The tiny GGUF models of ``corpus/tiny_gguf.py`` (``examples/make_gguf_models.py``) load in
+gdnc's GGUF frontend.
 
 For each architecture and variant: config, every tensor, Q8_0 error against the F32 variant,
 byte-identical rewrites, the tokenizer, and the unfused graph.
@@ -11,20 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from examples import make_gguf_models
+from corpus import tiny_gguf
+from corpus.tiny_gguf import ARCHS, VARIANTS
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.ir.graph import Model
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 
-ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
-VARIANTS = ["f32", "q8_0"]
-
 
 @pytest.fixture(scope="module")
 def script():
-    return make_gguf_models
+    return tiny_gguf
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType
 
+from corpus.gguf_rewrite import rewrite
 from gdnc.errors import InputError, ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.graph import Composition
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
-from tests.frontends.gguf_rewrite import rewrite
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]

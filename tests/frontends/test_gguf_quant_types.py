@@ -17,10 +17,10 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 from gguf.quants import dequantize, quantize
 
+from corpus.gguf_rewrite import rewrite
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.runner import HybridModel
-from tests.frontends.gguf_rewrite import rewrite
 
 Q = GGMLQuantizationType
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"

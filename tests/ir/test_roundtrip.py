@@ -11,12 +11,12 @@ import pytest
 from google.protobuf import json_format
 from onnx import helper
 
+from corpus.zoo import EXPORTERS, export_hf
 from gdnc.errors import GraphError, ModelLoadError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.from_onnx import model_from_proto
 from gdnc.ir.graph import Graph, Node
 from gdnc.ir.to_onnx import external_data_files, model_to_proto, save_onnx
-from tests.models.zoo import EXPORTERS, export_hf
 
 
 def _canonical(proto: onnx.ModelProto) -> dict:

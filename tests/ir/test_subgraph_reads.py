@@ -6,6 +6,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
+from corpus.subgraphs import MODELS, if_reads_identities, nested_reads_two_levels_up
 from gdnc.errors import GraphError
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.from_onnx import model_from_proto
@@ -14,7 +15,6 @@ from gdnc.ir.to_onnx import model_to_proto
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.rewrite import graph_rewrite
 from tests.ir.test_roundtrip import _canonical
-from tests.models.subgraphs import MODELS, if_reads_identities, nested_reads_two_levels_up
 
 _GRAPH = onnx.AttributeProto.GRAPH
 

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen3_next import modeling_qwen3_next
 
+from corpus.hf_source import hf_function
 from gdnc.errors import OpArgumentError
 from gdnc.lowering.gated_delta_net import gated_delta_net_reference, validate
 from gdnc.lowering.gated_delta_net.api import gated_delta_net, gated_delta_net_functional, run_fused_node
 from gdnc.opset.gated_delta_net import L2NORM_EPS, GdnAttrs
-from tests.models.hf_source import hf_function
 
 F64 = torch.float64
 PROPS = settings(max_examples=25, deadline=None)

@@ -38,3 +38,13 @@ def test_constraints_pin_every_dev_tool():
     pinned = {line.split("==")[0].lower() for line in pins if "==" in line}
     tools = {re.split(r"[<>=;\s]", dep)[0].lower() for dep in _project()["optional-dependencies"]["dev"]}
     assert tools <= pinned, f"dev tools without a pin in scripts/constraints.txt: {tools - pinned}"
+
+
+def test_wheel_ships_gdnc_alone():
+    """corpus/ (the test and benchmark models) stays out of the wheel but is importable here."""
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_packages(str(ROOT), **include)
+    assert "gdnc" in shipped and {p.split(".")[0] for p in shipped} == {"gdnc"}, shipped
+    assert "corpus" in find_packages(str(ROOT))

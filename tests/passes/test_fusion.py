@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from corpus.spellings import EXPORTERS, Spelling, fusable, near_misses
+from corpus.zoo import export_hf, export_variant
 from gdnc.convert import convert_model, inspect_model
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.opset import gated_delta_net as fused_op
 from gdnc.runtime.executor import Executor
-from tests.models.zoo import EXPORTERS, export_hf, export_variant
 
 FUSED = f"{fused_op.DOMAIN}::{fused_op.OP_TYPE}"
 TOL = 1e-5
@@ -79,11 +81,10 @@ def test_initial_state_becomes_node_input(exporter: str) -> None:
     _check_numerics(zoo, model)
 
 
-FUSABLE = ["hf_spelling", "matmul", "einsum", "state_vk", "direct_decay", "kda", "mul_scale"]
+FUSABLE = [s.name for s in fusable()]
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("variant", FUSABLE)
+@pytest.mark.parametrize(("variant", "exporter"), [(s.name, e) for s in fusable() for e in s.exporters])
 def test_spelling_variants_fuse_and_match(variant: str, exporter: str) -> None:
     zoo = export_variant(name=variant, T=5, exporter=exporter, gva=True, l2norm=True)
     model, report = _convert(zoo.path)
@@ -98,21 +99,15 @@ def test_spelling_variants_fuse_and_match(variant: str, exporter: str) -> None:
     _check_numerics(zoo, model)
 
 
-@pytest.mark.parametrize(
-    ("variant", "reason"),
-    [
-        ("nearmiss_state_sum", r"state .* is also read by node"),
-        ("nearmiss_state_output", r"state .* (is also read by node|is a graph output)"),
-        ("nearmiss_wrong_axis", r"sums the state over the value axis"),
-    ],
-)
-def test_near_misses_do_not_fuse_and_say_why(variant: str, reason: str) -> None:
-    zoo = export_variant(name=variant, T=4, exporter="dynamo", K=8, V=8)
+@pytest.mark.parametrize("spelling", near_misses(), ids=lambda s: s.name)
+def test_near_misses_do_not_fuse_and_say_why(spelling: Spelling) -> None:
+    zoo = export_variant(name=spelling.name, T=4, exporter="dynamo", K=8, V=8)
     model = load_onnx(zoo.path)
     before = copy.deepcopy(model.graph.op_histogram())
     report = inspect_model(model)
     assert report.chains == []
-    assert any(pytest.importorskip("re").search(reason, m.reason) for m in report.misses), report.misses
+    assert spelling.expected_miss is not None
+    assert any(re.search(spelling.expected_miss, m.reason) for m in report.misses), report.misses
     assert model.graph.op_histogram() == before  # inspect leaves the model alone
     converted, _ = _convert(zoo.path)
     assert FUSED not in converted.graph.op_histogram()
@@ -170,7 +165,7 @@ def test_ort_target_refuses_what_linear_attention_cannot_express() -> None:
 
 
 def test_many_layers_each_fuse() -> None:
-    from tests.models.zoo import export_many_layers
+    from corpus.zoo import export_many_layers
 
     zoo = export_many_layers(n_layers=4, T=4)
     model, report = _convert(zoo.path)

@@ -36,7 +36,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from examples.make_gguf_models import write_models
+from corpus.tiny_gguf import write_models
 from gdnc import atomic
 from gdnc.atomic import Replacement, keeping, open_replacing, write_json, write_text
 from gdnc.errors import GdncError, InputError

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from corpus.gguf_rewrite import rewrite
 from gdnc.llama_flags import REFUSED
-from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import hold_to_promise, run_cli
 
 SUITE = "options"

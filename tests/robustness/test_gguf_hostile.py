@@ -28,7 +28,7 @@ from gguf.quants import dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from examples.make_gguf_models import write_models
+from corpus.tiny_gguf import write_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_validate import MAX_ARRAY_ITEMS, MAX_KEYS, MAX_TENSORS
 from tests.robustness.harness import Outcome, hold_to_promise, run_cli

@@ -24,8 +24,8 @@ import numpy as np
 import onnx
 import pytest
 
-from examples.make_gguf_models import write_models
-from tests.frontends.gguf_rewrite import rewrite
+from corpus.gguf_rewrite import rewrite
+from corpus.tiny_gguf import write_models
 from tests.robustness.harness import TALLY
 
 ROOT = Path(__file__).resolve().parents[2]

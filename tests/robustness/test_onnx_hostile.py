@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.models.zoo import export_hf
+from corpus.zoo import export_hf
 from tests.robustness.harness import Outcome, hold_to_promise, run_cli
 
 SUITE = "onnx"

@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 import torch
 
-from examples.make_gguf_models import write_models
+from corpus.gguf_rewrite import rewrite
+from corpus.tiny_gguf import write_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.lowering.gated_delta_net.backends import BACKENDS
 from gdnc.lowering.gated_delta_net.cpu import CHUNK
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.generation import FINISHED, Request, Scheduler
-from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
 SOAK_STEPS = 2000

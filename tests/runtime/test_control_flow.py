@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
+from corpus.subgraphs import MODELS, feeds, loop_reads_produced, run_ort
 from gdnc.errors import UnsupportedOpError
 from gdnc.ir.from_onnx import model_from_proto
 from gdnc.runtime.executor import Executor, GraphRunner
-from tests.models.subgraphs import MODELS, feeds, loop_reads_produced, run_ort
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})  # op coverage: see test_onnx_ops
 

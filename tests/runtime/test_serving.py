@@ -1,4 +1,4 @@
-"""Serving many sequences at once on the example models (examples/make_gguf_models.py).
+"""Serving many sequences at once on the example models (corpus/tiny_gguf.py).
 
 - fused vs unfused: the same greedy tokens, logits within tolerance, on every architecture
   and both weight types;
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from examples.make_gguf_models import write_models
+from corpus.tiny_gguf import write_models
 from gdnc.errors import InputError
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
 from gdnc.runtime.generation import Request, Scheduler

@@ -1,4 +1,4 @@
-"""Exported test-model zoo: unfused per-token gated-delta-rule graphs from ``torch.onnx.export``.
+"""Exported model zoo: unfused per-token gated-delta-rule graphs from ``torch.onnx.export``.
 
 Every ``export_*`` function returns a :class:`ZooModel` (path of a self-contained ``.onnx``
 file, example inputs keyed by graph-input name, the eager torch outputs keyed by graph-output
@@ -10,8 +10,8 @@ are fresh copies.
 Models:
 
 - :func:`export_hf` wraps the real HF ``torch_recurrent_gated_delta_rule`` (qwen3_next).
-- :func:`export_variant` exports one spelling from :mod:`variants` (``VARIANTS``; names in
-  :data:`VARIANT_NAMES`), including near-misses that must NOT be fused.
+- :func:`export_variant` exports one record of :mod:`corpus.spellings` (names in
+  :data:`~corpus.spellings.VARIANT_NAMES`), including near-misses that must NOT be fused.
 - :func:`export_many_layers` chains ``n_layers`` HF delta-net calls through small Linears.
 - :func:`catalog` lists a small representative set (used by the smoke test).
 
@@ -45,12 +45,10 @@ import onnx
 import torch
 from torch import nn
 
-from .hf_source import hf_function
-from .variants import VARIANTS
+from .spellings import EXPORTERS, SPELLINGS, spelling
+from .variants import hf_loop
 
 Exporter = Literal["dynamo", "torchscript"]
-EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
-VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -160,13 +158,6 @@ def _eager(module: nn.Module, args: tuple[torch.Tensor, ...], output_names: list
     return {n: t.detach().cpu().numpy() for n, t in zip(output_names, out)}
 
 
-def _hf_fn():
-    """The HF reference loop, undecorated (the hub-kernel wrapper would pick fla if present)."""
-    from transformers.models.qwen3_next import modeling_qwen3_next as m
-
-    return hf_function(m, "torch_recurrent_gated_delta_rule")
-
-
 def _make_inputs(
     rng: np.random.Generator,
     *,
@@ -218,9 +209,9 @@ def _finish(cached: ZooModel, tmp_dir: str | os.PathLike | None) -> ZooModel:
     )
 
 
-def _check_exporter(exporter: str) -> None:
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+def _check_exporter(exporter: str, allowed: tuple[str, ...] = EXPORTERS) -> None:
+    if exporter not in allowed:
+        raise ValueError(f"exporter must be one of {allowed}, got {exporter!r}")
 
 
 def _sizes(shape: dict[str, int], l2norm: bool) -> str:
@@ -304,35 +295,6 @@ def _build(
     )
 
 
-# --------------------------------------------------------------------------- HF model
-
-
-class HFDeltaNet(nn.Module):
-    """``torch_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state, True, l2norm)``."""
-
-    # input/state conventions, as on the variants' ``_DeltaBase``
-    state_layout = "kv"
-    kda = False
-    gate_is_decay = False
-
-    def __init__(self, l2norm: bool) -> None:
-        super().__init__()
-        self.l2norm = l2norm
-        self.fn = _hf_fn()
-
-    def forward(self, q, k, v, g, beta, initial_state=None):
-        return self.fn(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            initial_state,
-            output_final_state=True,
-            use_qk_l2norm_in_kernel=self.l2norm,
-        )
-
-
 @functools.cache
 def _export_loop_cached(
     name: str,
@@ -347,11 +309,12 @@ def _export_loop_cached(
     with_initial_state: bool,
     seed: int,
 ) -> ZooModel:
-    """One per-token loop exported in one call: ``name`` "hf" (:class:`HFDeltaNet`) or a variant."""
+    """One per-token loop exported in one call: the spelling ``name`` ("hf": HF's function)."""
     hf = name == "hf"
-    cls, fusable = (HFDeltaNet, True) if hf else VARIANTS[name]
-    if name == "nearmiss_wrong_axis" and K != V:
-        raise ValueError("nearmiss_wrong_axis needs K == V")
+    record = spelling(name)
+    cls, fusable = record.module, record.must_fuse
+    if record.square_state and K != V:
+        raise ValueError(f"{name} needs K == V")
     shape = dict(B=B, T=T, H=H, HV=2 * H if gva else H, K=K, V=V)
     inputs = _make_inputs(
         np.random.default_rng(seed),
@@ -362,13 +325,11 @@ def _export_loop_cached(
         with_initial_state=with_initial_state,
         state_layout=cls.state_layout,
     )
-    out_names = ["o", "final_state"]
-    if name == "nearmiss_state_output":
-        out_names.append("state_step1")
+    out_names = ["o", "final_state", *record.extra_outputs]
     if hf:
         title, extra = "HF torch_recurrent_gated_delta_rule", {}
     else:
-        title = f"variant {name!r} ({(cls.__doc__ or '').strip().splitlines()[0]})"
+        title = f"variant {name!r} ({record.notes})"
         extra = dict(fusable=fusable, scale_spelling="mul" if cls.scale_by_mul else "div")
     return _build(
         cls(l2norm),
@@ -422,10 +383,8 @@ def export_variant(
     with_initial_state: bool = False,
     seed: int = 0,
 ) -> ZooModel:
-    """Export one spelling variant (see :data:`VARIANT_NAMES`), or "hf": HF's own loop."""
-    _check_exporter(exporter)
-    if name != "hf" and name not in VARIANTS:
-        raise KeyError(f"unknown variant {name!r}; known: {VARIANT_NAMES}")
+    """Export one spelling (a record of :mod:`corpus.spellings`; "hf": HF's own loop)."""
+    _check_exporter(exporter, spelling(name).exporters)
     return _finish(
         _export_loop_cached(
             name, T, exporter, bool(l2norm), bool(gva), B, H, K, V, bool(with_initial_state), seed
@@ -450,7 +409,7 @@ class ManyLayers(nn.Module):
         super().__init__()
         self.n_layers, self.H, self.HV, self.K, self.V = n_layers, H, HV, K, V
         self.l2norm = l2norm
-        self.fn = _hf_fn()
+        self.fn = hf_loop()
         # next layer's q | k | v | gate logits a | beta logits b
         self.proj = nn.Linear(HV * V, 2 * H * K + HV * V + 2 * HV)
         self.A_log = nn.Parameter(torch.log(torch.linspace(0.5, 2.0, HV)))
@@ -714,13 +673,14 @@ def catalog(T: int = 4) -> list[tuple[str, functools.partial]]:
                 functools.partial(export_hf, T=T, exporter=exporter, with_initial_state=True),
             )
         )
-        for name in VARIANT_NAMES:
-            if name == "hf_spelling":  # same graph as the HF export without l2norm
+        for record in SPELLINGS:
+            # hf: the grid above; hf_spelling: the same graph as the HF export without l2norm
+            if record.name in ("hf", "hf_spelling") or exporter not in record.exporters:
                 continue
             out.append(
                 (
-                    f"var-{name}-{exporter}",
-                    functools.partial(export_variant, name=name, T=T, exporter=exporter),
+                    f"var-{record.name}-{exporter}",
+                    functools.partial(export_variant, name=record.name, T=T, exporter=exporter),
                 )
             )
         out.append(

@@ -9,8 +9,9 @@ scaled by ``K**-0.5``, then the loop runs over tokens. Outputs: ``o [B, T, HV, V
 final state.
 
 Only the spelling of the per-token step differs between the modules, which is the point:
-the fusion pass must recognise all fusable ones (``FUSABLE[name]``) and none of the
-near-misses.
+the fusion pass must recognise all fusable ones and none of the near-misses; which is which
+(and the miss a near-miss must report) is the module's record in :mod:`corpus.spellings`.
+:class:`HFDeltaNet` wraps the HF function itself.
 """
 
 from __future__ import annotations
@@ -18,10 +19,44 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gdnc.opset.gated_delta_net import L2NORM_EPS
+from .hf_source import hf_function
 
 
-def _l2norm(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
+def hf_loop():
+    """The HF reference loop, undecorated (the hub-kernel wrapper would pick fla if present)."""
+    from transformers.models.qwen3_next import modeling_qwen3_next as m
+
+    return hf_function(m, "torch_recurrent_gated_delta_rule")
+
+
+class HFDeltaNet(nn.Module):
+    """``torch_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state, True, l2norm)``."""
+
+    # input/state conventions, as on the variants' ``_DeltaBase``
+    state_layout = "kv"
+    kda = False
+    gate_is_decay = False
+
+    def __init__(self, l2norm: bool) -> None:
+        super().__init__()
+        self.l2norm = l2norm
+        self.fn = hf_loop()
+
+    def forward(self, q, k, v, g, beta, initial_state=None):
+        return self.fn(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state,
+            output_final_state=True,
+            use_qk_l2norm_in_kernel=self.l2norm,
+        )
+
+
+
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:  # transformers' default eps
     # same spelling as transformers' l2norm
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
 
@@ -194,17 +229,3 @@ class NearMissWrongAxis(_DeltaBase):
     def recall(self, S, k_t):
         return (S * k_t.unsqueeze(-2)).sum(dim=-1)  # wrong: contracts V, not K
 
-
-# name -> (module class, fusable)
-VARIANTS: dict[str, tuple[type[_DeltaBase], bool]] = {
-    "hf_spelling": (HFLoop, True),
-    "matmul": (MatMulLoop, True),
-    "einsum": (EinsumLoop, True),
-    "state_vk": (TransposedStateLoop, True),
-    "direct_decay": (DirectDecayLoop, True),
-    "kda": (KDALoop, True),
-    "mul_scale": (MulScaleLoop, True),
-    "nearmiss_state_sum": (NearMissStateSum, False),
-    "nearmiss_state_output": (NearMissStateOutput, False),
-    "nearmiss_wrong_axis": (NearMissWrongAxis, False),
-}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.models.qwen3_next import modeling_qwen3_next
 
-from tests.models.hf_source import hf_function
+from corpus.hf_source import hf_function
 
 NAME = "torch_recurrent_gated_delta_rule"
 

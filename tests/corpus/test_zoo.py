@@ -1,4 +1,5 @@
-"""Smoke tests of the exported test-model zoo (exports are cached per process by zoo.py)."""
+"""Smoke tests of the exported model zoo and its spelling records (exports are cached per process
+by corpus/zoo.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from . import zoo
+from corpus import zoo
+from corpus.spellings import EXPORTERS, SPELLINGS, VARIANT_NAMES, Spelling, spelling
+from corpus.variants import HFLoop
 
 CATALOG = zoo.catalog(T=4)
 
@@ -41,7 +44,7 @@ def test_zoo_model_checks_and_runs(builder):
         np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("exporter", zoo.EXPORTERS)
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("gva", [False, True])
 def test_hf_export_matches_hf_function(exporter, gva):
     """ORT on the exported graph == the HF function called directly (not via the zoo)."""
@@ -68,7 +71,7 @@ def test_hf_export_matches_hf_function(exporter, gva):
     assert got["o"].shape == (2, 4, 4 if gva else 2, 8)
 
 
-@pytest.mark.parametrize("exporter", zoo.EXPORTERS)
+@pytest.mark.parametrize("exporter", EXPORTERS)
 def test_unrolled_structure(exporter):
     """Facts the fusion pass relies on: one Exp and one write-back scatter per token.
 
@@ -93,10 +96,31 @@ def test_tmp_dir_copy_and_isolation(tmp_path):
 
 
 def test_nearmiss_flags():
-    for name, (_, fusable) in zoo.VARIANTS.items():
-        z = zoo.export_variant(name=name, T=4, exporter="torchscript")
-        assert z.expect_fused == (1 if fusable else 0)
-        assert name.startswith("nearmiss") != fusable
+    for record in SPELLINGS:
+        if record.name == "hf":
+            continue
+        z = zoo.export_variant(name=record.name, T=4, exporter="torchscript")
+        assert z.expect_fused == (1 if record.must_fuse else 0) == int(z.meta["fusable"])
+        assert record.name.startswith("nearmiss") != record.must_fuse
+        assert (record.expected_miss is None) == record.must_fuse
+        assert list(z.reference) == ["o", "final_state", *record.extra_outputs]
+        assert record.notes in z.description
+
+
+def test_spelling_records():
+    names = [s.name for s in SPELLINGS]
+    assert len(set(names)) == len(names) and names[0] == "hf" and tuple(names[1:]) == VARIANT_NAMES
+    assert spelling("matmul").must_fuse and spelling("nearmiss_wrong_axis").square_state
+    with pytest.raises(KeyError, match="unknown variant 'matmull'"):
+        spelling("matmull")
+    with pytest.raises(ValueError, match="an expected miss exactly when it must not fuse"):
+        Spelling("x", HFLoop, must_fuse=True, expected_miss="state")
+    with pytest.raises(ValueError, match="an expected miss exactly when it must not fuse"):
+        Spelling("x", HFLoop, must_fuse=False)
+    with pytest.raises(ValueError, match="needs K == V"):
+        zoo.export_variant(name="nearmiss_wrong_axis", T=2, K=8, V=4)
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        zoo.export_variant(name="matmul", T=2, exporter="onnxscript")  # type: ignore[arg-type]
 
 
 def test_many_layers_stitched_matches_full_export():
