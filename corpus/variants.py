@@ -55,7 +55,6 @@ class HFDeltaNet(nn.Module):
         )
 
 
-
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:  # transformers' default eps
     # same spelling as transformers' l2norm
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
