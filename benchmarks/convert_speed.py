@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gdnc.convert import convert_model  # noqa: E402
 from gdnc.frontends.onnx_model import load_onnx  # noqa: E402
 from gdnc.ir.to_onnx import save_onnx  # noqa: E402
+from gdnc.passes.convert import convert_model  # noqa: E402
 from tests.models.zoo import export_many_layers  # noqa: E402
 
 

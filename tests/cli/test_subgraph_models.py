@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from gdnc.compare import compare_file
-from gdnc.convert import convert_file
+from gdnc.commands.convert import convert_file
+from gdnc.commands.onnx_compare import compare_file
 from tests.models.subgraphs import MODELS, feeds, run_ort
 from tests.robustness.harness import Outcome, hold_to_promise, run_cli
 

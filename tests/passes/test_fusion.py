@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gdnc.convert import convert_model, inspect_model
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.opset import gated_delta_net as fused_op
+from gdnc.passes.convert import convert_model, inspect_model
 from gdnc.runtime.executor import Executor
 from tests.models.zoo import EXPORTERS, export_hf, export_variant
 

@@ -3,7 +3,7 @@
 Per prompt: max |Δlogit| over all positions, top-1 agreement, and the perplexity of the
 prompt's own tokens under each graph (exp of the mean next-token NLL). The comparison passes
 when the top-1 token agrees at every position (SPEC §6). With a text file (``TextEval``), its
-perplexity under both graphs, and under the HF checkpoint when given (``gdnc.heldout``): fused
+perplexity under both graphs, and under the HF checkpoint when given (``gdnc.commands.heldout``): fused
 and unfused must agree within ``heldout.FUSED_TOLERANCE`` (4 significant digits on CPU), fused
 and HF within 1e-3.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gdnc.commands.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
 
 DEFAULT_PROMPTS = (
@@ -88,7 +88,7 @@ def _batch_logits(model: HybridModel, prompts: list[list[int]]) -> list[torch.Te
 def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu",
                  text: TextEval | None = None) -> GgufComparison:
     """Run ``prompts`` (default: a small built-in set) through both graphs and compare; with
-    ``text``, the perplexity of that text too (``gdnc.heldout``)."""
+    ``text``, the perplexity of that text too (``gdnc.commands.heldout``)."""
     texts = list(prompts or DEFAULT_PROMPTS)
     content = None
     if text is not None:
