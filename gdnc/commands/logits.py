@@ -18,10 +18,10 @@ def logits(model: Path, *, tokens: str, output: Path, fused_gdn: str, device: st
     import numpy as np
 
     from gdnc.atomic import open_replacing
+    from gdnc.commands.gguf_model import load_hybrid
     from gdnc.commands.options import fused_flag
     from gdnc.errors import InputError
     from gdnc.frontends.model_kind import require_gguf
-    from gdnc.models.qwen_hybrid.runner import HybridModel
 
     require_gguf(model, "logits")
     fused = fused_flag(fused_gdn)
@@ -31,7 +31,7 @@ def logits(model: Path, *, tokens: str, output: Path, fused_gdn: str, device: st
         raise InputError(f"--tokens: {tokens!r} is not a list of integers",
                          fix='give token ids, e.g. --tokens "1 2 3"') from exc
     with progress.bars(err, enabled=not (quiet or as_json)):
-        runner = HybridModel(str(model), fused=fused, device=device)
+        runner = load_hybrid(model, fused=fused, device=device)
         result = runner.logits(ids).float().cpu().numpy()
         with open_replacing(output, "wb") as fh:
             np.save(fh, result)
