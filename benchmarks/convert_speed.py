@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
 
 from corpus.zoo import export_many_layers  # noqa: E402
-from gdnc.convert import convert_model  # noqa: E402
 from gdnc.frontends.onnx_model import load_onnx  # noqa: E402
 from gdnc.ir.to_onnx import save_onnx  # noqa: E402
+from gdnc.passes.convert import convert_model  # noqa: E402
 
 
 def main() -> None:

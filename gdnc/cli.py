@@ -1,9 +1,9 @@
-"""``gdnc`` command line: a thin typer layer over the library; errors caught here, once.
+"""``gdnc`` command line: typer options wired to ``gdnc.commands`` (one module per command, which
+decides ONNX vs GGUF and calls the library); errors caught here, once.
 
 Annotations are real objects (no ``from __future__ import annotations``), so typer reads the
 options without evaluating any source text at run time."""
 
-import json
 import os
 import sys
 import warnings
@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from gdnc import __version__, interrupt, progress
+from gdnc import __version__, interrupt
 from gdnc.errors import GdncError, GdncWarning, first_line, foreign_error
 from gdnc.llama_flags import LlamaHabits
 
@@ -40,33 +40,6 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
     """Fuse per-token Gated DeltaNet subgraphs into one op, and run them."""
 
 
-def _dump_after(stage: str | None, path: Path | None):
-    if stage is None or path is None:  # both or neither
-        return None
-    from gdnc.errors import InputError
-    from gdnc.ir.to_onnx import save_onnx
-    from gdnc.passes.pipeline import STAGES
-
-    names = [name for name, _ in STAGES]
-    if stage not in names:
-        raise InputError(f"--dump-after: there is no stage {stage!r}; the stages are {', '.join(names)}")
-
-    def dump(name: str, model) -> None:
-        if name == stage:
-            save_onnx(model, path)
-    return dump
-
-
-def _dump_file(stage: str | None, output: Path) -> Path | None:
-    """Where ``--dump-after STAGE`` writes: beside the output (in the working folder if that
-    is a stream, such as /dev/stdout)."""
-    from gdnc.atomic import writes_in_place
-
-    if stage is None:
-        return None
-    return (Path(".") if writes_in_place(output) else output.parent) / f"after-{stage}.onnx"
-
-
 @app.command()
 def convert(
     model: Path = typer.Argument(..., help="input ONNX model, or a GGUF hybrid (.gguf)"),
@@ -85,45 +58,10 @@ def convert(
 ) -> None:
     """Fuse every delta-net chain of MODEL and write the result (a GGUF model: write it as
     ONNX with external weights, fused or unfused)."""
-    from gdnc import command_files
-    from gdnc.convert import convert_file
-    from gdnc.errors import InputError
-    from gdnc.frontends.model_kind import GGUF, model_kind
-    from gdnc.reporting import print_report
+    from gdnc.commands.convert import convert as command
 
-    dump_file = _dump_file(dump_after, output)
-    dump = _dump_after(dump_after, dump_file)  # an unknown stage: refused before any work
-    command_files.check(models=[model], outputs=[output, report, dump_file])
-    if model_kind(model) == GGUF:
-        from gdnc.atomic import write_json
-        from gdnc.gguf_export import DEFAULT_LENGTHS, export_gguf, parse_lengths
-
-        if lengths is not None and not unfused:
-            raise InputError("--lengths needs --unfused (the fused graph serves every batch)")
-        if dump_after is not None:
-            raise InputError("--dump-after applies to ONNX input only, not to GGUF")
-        comp = parse_lengths(lengths) if lengths is not None else DEFAULT_LENGTHS
-        with progress.bars(err, enabled=not quiet and not as_json):
-            info = export_gguf(model, output, unfused=unfused, lengths=comp, target=target)
-        if report is not None:
-            write_json(report, info)
-        if as_json:
-            out.print_json(json.dumps(info))
-        elif not quiet:
-            kind = f"unfused, batch {info['composition']}" if unfused else f"fused, target {target}"
-            out.print(f"{info['architecture']} ({kind}): {info['nodes']} nodes, "
-                      f"{info['gated_delta_net_nodes']} GatedDeltaNet")
-            out.print(f"wrote {output} (weights in {info['external_data']})")
-        return
-    if unfused or lengths is not None:
-        raise InputError("--unfused and --lengths apply to GGUF input (MODEL.gguf) only")
-    with progress.bars(err, enabled=not quiet and not as_json):
-        rep = convert_file(model, output, target=target, report_path=report, dump_after=dump)
-    if as_json:
-        out.print_json(json.dumps(rep.to_json()))
-    elif not quiet:
-        print_report(out, rep)
-        out.print(f"wrote {output}")
+    command(model, output=output, target=target, report=report, dump_after=dump_after, as_json=as_json,
+            quiet=quiet, unfused=unfused, lengths=lengths, out=out, err=err)
 
 
 @app.command()
@@ -137,46 +75,9 @@ def inspect(
 ) -> None:
     """Op histogram, chains found, what would fuse and why not (a GGUF model: the unfused
     graph of one batch, whose per-sequence chains become one node per layer)."""
-    from gdnc import command_files
+    from gdnc.commands.inspect import inspect as command
 
-    command_files.check(models=[model], outputs=[draw])
-    drawing = None
-    if draw is not None:  # checked before anything is loaded
-        from gdnc.drawing import InspectDrawing
-
-        drawing = InspectDrawing(draw, model.name)
-    from gdnc.convert import inspect_model
-    from gdnc.errors import InputError
-    from gdnc.frontends.model_kind import GGUF, model_kind
-    from gdnc.reporting import print_histogram, print_report
-
-    with progress.bars(err, enabled=not (as_json or quiet)):
-        if model_kind(model) == GGUF:
-            from gdnc.frontends.gguf_file import GgufFile
-            from gdnc.gguf_export import parse_lengths
-            from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
-
-            graph = build_unfused(GgufFile(model), Composition(parse_lengths(lengths or "2,3")))
-        else:
-            from gdnc.frontends.onnx_model import load_onnx
-
-            if lengths is not None:
-                raise InputError("--lengths applies to GGUF models only")
-            graph = load_onnx(model)
-        rep = inspect_model(graph, dump_after=None if drawing is None else drawing.capture)
-        drew = None if drawing is None else drawing.write(rep)
-    if quiet:
-        return
-    if as_json:
-        data = rep.to_json()
-        if drew:
-            data["drawing"] = str(draw)
-        out.print_json(json.dumps(data))
-        return
-    print_histogram(out, rep.ops_before, rep.ops_after)
-    print_report(out, rep, title="would fuse")
-    if drew:
-        out.print(drew, markup=False, highlight=False, soft_wrap=True)
+    command(model, lengths=lengths, as_json=as_json, draw=draw, quiet=quiet, out=out, err=err)
 
 
 @app.command(cls=LlamaHabits)
@@ -223,68 +124,13 @@ def run(
 ) -> None:
     """Generate text from a GGUF model (several prompts decode together), or run an ONNX model.
     llama.cpp's flags mean what they mean there; those gdnc lacks are refused with the reason."""
-    from gdnc.errors import InputError
-    from gdnc.frontends.model_kind import GGUF, model_kind
-    from gdnc.llama_flags import device_for
+    from gdnc.commands.run import run as command
 
-    if threads is not None and not 1 <= threads <= 1024:
-        raise InputError(f"--threads: {threads} is not in 1..1024")
-    kind = model_kind(model)
-    device = device_for(device, gpu_layers)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    if kind == GGUF:
-        if inputs is not None or output is not None:
-            raise InputError("--inputs / -o apply to ONNX models; a GGUF model takes -p PROMPT")
-        from gdnc.generate import GenerateOptions, generate_text, read_prompts
-        from gdnc.runtime.sampling import Sampling
-
-        sampling = Sampling(temperature=temperature, seed=seed, top_k=top_k, top_p=top_p,
-                            repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n)
-        opts = GenerateOptions(prompts=read_prompts(prompt, prompt_file), n_new=n_new,
-                               parallel=parallel, sampling=sampling,
-                               fused=fused_gdn if _fused_flag(fused_gdn) else "off", ctx=ctx,
-                               prefill_chunk=prefill_chunk, device=device, ignore_eos=ignore_eos)
-        generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
-        return
-    if inputs is None:
-        raise InputError("an ONNX model needs --inputs X.npz (a GGUF model takes -p PROMPT)")
-    _run_onnx(model, inputs, output, device, as_json, quiet)
-
-
-def _fused_flag(value: str) -> bool:
-    from gdnc.errors import InputError
-
-    if value not in ("on", "off", "auto"):
-        raise InputError(f"--fused-gdn: {value!r} is not on, off or auto")
-    return value != "off"
-
-
-def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool,
-              quiet: bool) -> None:
-    import numpy as np
-
-    from gdnc import command_files
-    from gdnc.frontends.onnx_model import load_onnx
-    from gdnc.npz_io import load_npz, save_npz
-    from gdnc.opset.onnx_ops.dtypes import array_from_tensor
-    from gdnc.runtime.executor import Executor
-
-    command_files.check(models=[model], inputs=[inputs], outputs=[output])
-    feeds = load_npz(inputs)
-    with progress.bars(err, enabled=not (as_json or quiet)):
-        results = {k: array_from_tensor(v) for k, v in Executor(load_onnx(model), device).run(feeds).items()}
-        if output is not None:
-            save_npz(output, results)
-    summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
-                   "mean": float(np.mean(v)) if v.size else 0.0} for k, v in results.items()}
-    if as_json:
-        out.print_json(json.dumps(summary))
-    elif not quiet:
-        for name, info in summary.items():
-            out.print(f"{name}: shape {info['shape']} {info['dtype']} mean {info['mean']:.6g}")
+    command(model, prompt=prompt, prompt_file=prompt_file, n_new=n_new, parallel=parallel, ctx=ctx,
+            prefill_chunk=prefill_chunk, fused_gdn=fused_gdn, ignore_eos=ignore_eos, temperature=temperature,
+            seed=seed, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+            inputs=inputs, output=output, device=device, gpu_layers=gpu_layers, threads=threads,
+            as_json=as_json, quiet=quiet, out=out, err=err)
 
 
 @app.command()
@@ -307,41 +153,10 @@ def compare(
     """ONNX: original in onnxruntime vs converted in gdnc and in onnxruntime. GGUF: fused vs
     unfused graphs (max |Δlogit|, top-1 agreement, perplexity; --eval: of a text, --hf: and of
     the HF model). Exit 1 on a mismatch."""
-    from gdnc.errors import InputError
-    from gdnc.frontends.model_kind import GGUF, model_kind
-    from gdnc.reporting import print_compare, print_gguf_compare
+    from gdnc.commands.compare import compare as command
 
-    show = not (as_json or quiet)
-    if model_kind(model) == GGUF:
-        from gdnc.gguf_compare import TextEval, compare_gguf
-
-        if eval_text is None and (hf is not None or max_tokens is not None):
-            raise InputError("--hf and --max-tokens apply to --eval TEXT", fix="add --eval FILE.txt")
-        text = None if eval_text is None else TextEval(eval_text, window, max_tokens, hf)
-        with progress.bars(err, enabled=show):
-            gguf_result = compare_gguf(str(model), prompt or None, device, text)
-        if as_json:
-            out.print_json(json.dumps(gguf_result.to_json()))
-        elif show:
-            print_gguf_compare(out, gguf_result)
-        if not gguf_result.passed:
-            raise typer.Exit(1)
-        return
-    if eval_text is not None or hf is not None or max_tokens is not None:
-        raise InputError("--eval, --hf and --max-tokens apply to GGUF models")
-    from gdnc.compare import compare_file
-    from gdnc.npz_io import load_npz
-
-    with progress.bars(err, enabled=show):
-        result = compare_file(model, inputs=None if inputs is None else load_npz(inputs),
-                              target=target, seed=seed)
-    if as_json:
-        out.print_json(json.dumps(result.to_json()))
-    elif show:
-        out.print(f"{result.chains} chain(s) fused")
-        print_compare(out, result)
-    if not result.passed:
-        raise typer.Exit(1)
+    command(model, inputs=inputs, prompt=prompt, target=target, seed=seed, device=device, eval_text=eval_text,
+            window=window, max_tokens=max_tokens, hf=hf, as_json=as_json, quiet=quiet, out=out, err=err)
 
 
 @app.command()
@@ -360,36 +175,18 @@ def bench(
 ) -> None:
     """Fused vs unfused GatedDeltaNet side by side on one device: the model's decode and prefill
     tokens/s, and the op at the model's shapes (and onnxruntime / fla where installed)."""
-    from gdnc import command_files
-    from gdnc.frontends.model_kind import require_gguf
+    from gdnc.commands.bench import bench as command
 
-    require_gguf(model, "bench")  # before the bench's own (slow) imports
-    command_files.check(inputs=[model], outputs=[plot])
-    from gdnc.bench.command import run_bench
-    from gdnc.bench.options import bench_options
-
-    opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
-    run_bench(model, opts, plot, as_json, quiet, out, err)
+    command(model, device=device, batches=batches, lengths=lengths, rounds=rounds, shape=shape,
+            threads=threads, quick=quick, plot=plot, as_json=as_json, quiet=quiet, out=out, err=err)
 
 
 @app.command()
 def ops(as_json: bool = typer.Option(False, "--json")) -> None:
     """The ops the gdnc runtime executes, with the opset versions of each implementation."""
-    from rich.table import Table
+    from gdnc.commands.ops import ops as command
 
-    import gdnc.runtime.executor  # noqa: F401  (registers every op)
-    from gdnc.opset.registry import supported_ops
-
-    table_data = supported_ops()
-    if as_json:
-        out.print_json(json.dumps(table_data))
-        return
-    table = Table(title=f"gdnc runtime: {len(table_data)} ops")
-    table.add_column("op")
-    table.add_column("implementations from opset")
-    for op, versions in table_data.items():
-        table.add_row(op, ", ".join(map(str, versions)))
-    out.print(table)
+    command(as_json=as_json, out=out)
 
 
 @app.command()
@@ -403,33 +200,10 @@ def logits(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write the logits of every position of TOKENS (one forward pass from an empty state)."""
-    from gdnc import command_files
+    from gdnc.commands.logits import logits as command
 
-    command_files.check(inputs=[model], outputs=[output])
-    import numpy as np
-
-    from gdnc.atomic import open_replacing
-    from gdnc.errors import InputError
-    from gdnc.frontends.model_kind import require_gguf
-    from gdnc.models.qwen_hybrid.runner import HybridModel
-
-    require_gguf(model, "logits")
-    fused = _fused_flag(fused_gdn)
-    try:
-        ids = [int(t) for t in tokens.replace(",", " ").split()]
-    except ValueError as exc:
-        raise InputError(f"--tokens: {tokens!r} is not a list of integers",
-                         fix='give token ids, e.g. --tokens "1 2 3"') from exc
-    with progress.bars(err, enabled=not (quiet or as_json)):
-        runner = HybridModel(str(model), fused=fused, device=device)
-        result = runner.logits(ids).float().cpu().numpy()
-        with open_replacing(output, "wb") as fh:
-            np.save(fh, result)
-    if as_json:
-        out.print_json(json.dumps({"output": str(output), "shape": list(result.shape),
-                                   "fused_gdn": fused_gdn, "argmax": result.argmax(-1).tolist()}))
-    elif not quiet:
-        out.print(f"wrote {output}: float32 {list(result.shape)} (fused GatedDeltaNet {fused_gdn})")
+    command(model, tokens=tokens, output=output, fused_gdn=fused_gdn, device=device, as_json=as_json,
+            quiet=quiet, out=out, err=err)
 
 
 def _usage_errors() -> tuple[type, ...]:

@@ -61,7 +61,7 @@ def test_random_inputs_size_dims_written_as_arithmetic() -> None:
     """A KV-cache export declares its mask ``[batch, past + 1]`` beside keys ``[batch, past]``."""
     from onnx import TensorProto, helper
 
-    from gdnc.compare import dim_size, random_inputs
+    from gdnc.commands.onnx_compare import dim_size, random_inputs
     from gdnc.errors import InputError
     from gdnc.ir.from_onnx import model_from_proto
 

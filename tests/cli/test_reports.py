@@ -22,13 +22,14 @@ from rich.console import Console
 from corpus.zoo import export_hf
 from gdnc.bench.options import GdnShape
 from gdnc.bench.results import Measure, Suite
-from gdnc.bench.tables import suite_table
 from gdnc.bench.timing import Timing
-from gdnc.compare import CompareResult, OutputDiff
-from gdnc.heldout import HeldOut
+from gdnc.commands.bench_tables import suite_table
+from gdnc.commands.compare_report import print_compare, print_heldout
+from gdnc.commands.conversion_report import print_report
+from gdnc.commands.heldout import HeldOut
+from gdnc.commands.onnx_compare import CompareResult, OutputDiff
 from gdnc.ir.from_onnx import model_from_proto
 from gdnc.passes.pipeline import fuse_model
-from gdnc.reporting import print_compare, print_heldout, print_report
 from tests.robustness.harness import run_cli
 
 SEED = int(np.random.SeedSequence().entropy % 2**32)
@@ -142,7 +143,7 @@ SLIPPED = {  # what escapes every check -> (exit code, the one line)
 
 @pytest.mark.parametrize("case", list(SLIPPED))
 def test_the_boundary_maps_what_slips_past_the_checks_to_one_line(tmp_path, monkeypatch, case) -> None:
-    import gdnc.convert
+    import gdnc.passes.convert
 
     exc, code, line = SLIPPED[case]
 
@@ -150,7 +151,7 @@ def test_the_boundary_maps_what_slips_past_the_checks_to_one_line(tmp_path, monk
         raise exc
 
     monkeypatch.delenv("GDNC_DEBUG", raising=False)
-    monkeypatch.setattr(gdnc.convert, "inspect_model", fail)
+    monkeypatch.setattr(gdnc.passes.convert, "inspect_model", fail)
     outcome = run_cli(["inspect", _tiny_model(tmp_path)])
     assert outcome.code == code and len(outcome.error_lines) == 1, outcome.stderr
     assert outcome.error_lines[0].startswith(line), outcome.stderr

@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from corpus.subgraphs import MODELS, feeds, run_ort
-from gdnc.compare import compare_file
-from gdnc.convert import convert_file
+from gdnc.commands.convert import convert_file
+from gdnc.commands.onnx_compare import compare_file
 from tests.robustness.harness import Outcome, hold_to_promise, run_cli
 
 SUITE = "valid-but-rare ONNX"

@@ -18,11 +18,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from gdnc.compare import compare_file
-from gdnc.convert import convert_model, inspect_model
+from gdnc.commands.onnx_compare import compare_file
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.opset import gated_delta_net as fused_op
+from gdnc.passes.convert import convert_model, inspect_model
 from gdnc.passes.pipeline import ConversionReport
 from gdnc.runtime.executor import Executor
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gdnc.heldout import evaluate, nll, windows
+from gdnc.commands.heldout import evaluate, nll, windows
 from gdnc.models.qwen_hybrid.runner import HybridModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def test_bad_eval_options_are_one_line(args, needle) -> None:
     ("cuda", 80.7574 * (1 + 4.6e-4), True), ("cuda", 80.7574 * (1 + 2e-3), False),  # tf32 on CUDA (H200)
 ])
 def test_fused_unfused_tolerance_by_device(device, unfused, passed) -> None:
-    from gdnc.heldout import HeldOut
+    from gdnc.commands.heldout import HeldOut
 
     held = HeldOut("t.txt", 100, 1, 128, {"fused": 80.7949 if device == "cpu" else 80.7574,
                                          "unfused": unfused}, device=device)

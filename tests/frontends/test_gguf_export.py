@@ -16,8 +16,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from gdnc.commands.gguf_export import export_gguf, parse_lengths
 from gdnc.errors import GdncError, InputError, ModelLoadError
-from gdnc.gguf_export import export_gguf, parse_lengths
 from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, StatePool, batch_feeds
 from tests.frontends.test_gguf_models import ARCHS, MAX_ABS, gguf_path, reference
 

@@ -11,11 +11,11 @@ import pytest
 
 from corpus.spellings import EXPORTERS, Spelling, fusable, near_misses
 from corpus.zoo import export_hf, export_variant
-from gdnc.convert import convert_model, inspect_model
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.opset import gated_delta_net as fused_op
+from gdnc.passes.convert import convert_model, inspect_model
 from gdnc.runtime.executor import Executor
 
 FUSED = f"{fused_op.DOMAIN}::{fused_op.OP_TYPE}"

@@ -72,8 +72,10 @@ TALLY = Tally()
 
 # what the commands import lazily: imported once up front, so no case pays (or traces) it
 _LAZY_IMPORTS = (
-    "gdnc.convert", "gdnc.compare", "gdnc.generate", "gdnc.gguf_compare", "gdnc.gguf_export",
-    "gdnc.reporting", "gdnc.frontends.gguf_file", "gdnc.models.qwen_hybrid.graph",
+    "gdnc.commands.convert", "gdnc.commands.inspect", "gdnc.commands.run", "gdnc.commands.compare",
+    "gdnc.commands.logits", "gdnc.commands.onnx_compare", "gdnc.commands.generate",
+    "gdnc.commands.gguf_compare", "gdnc.commands.gguf_export", "gdnc.commands.compare_report",
+    "gdnc.frontends.gguf_file", "gdnc.models.qwen_hybrid.graph",
     "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.runner",
     "gdnc.opset.registry", "gdnc.ir.to_onnx", "gdnc.passes.pipeline", "click",
 )

@@ -39,9 +39,9 @@ import pytest
 from corpus.tiny_gguf import write_models
 from gdnc import atomic
 from gdnc.atomic import Replacement, keeping, open_replacing, write_json, write_text
+from gdnc.commands.gguf_export import export_gguf
 from gdnc.errors import GdncError, InputError
 from gdnc.frontends.onnx_model import load_onnx
-from gdnc.gguf_export import export_gguf
 from gdnc.interrupt import LINES, STOP_SIGNALS
 from gdnc.ir import to_onnx
 from gdnc.ir.to_onnx import external_data_files, model_to_proto, save_onnx
@@ -270,7 +270,7 @@ def test_cli_ctrl_c_is_exit_130_and_one_line(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("gdnc.convert.convert_file", interrupted)
+    monkeypatch.setattr("gdnc.commands.convert.convert_file", interrupted)
     outcome = run_cli(["convert", str(EXAMPLE), "-o", str(tmp_path / "o.onnx")])
     assert (outcome.code, outcome.error_lines) == (130, ["interrupted"]), outcome.stderr
 

@@ -197,7 +197,7 @@ def test_several_sequences_stream_in_live_panels_on_a_terminal(models):
 
     from rich.console import Console
 
-    from gdnc.generate import GenerateOptions, generate_text
+    from gdnc.commands.generate import GenerateOptions, generate_text
 
     screen, log = io.StringIO(), io.StringIO()
     out = Console(file=screen, force_terminal=True, width=100)

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from gdnc.convert import emit_target
 from gdnc.errors import ExecutionError, InputError, ModelLoadError, first_line
 from gdnc.frontends.onnx_model import load_onnx
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto
 from gdnc.opset.gated_delta_net import input_of, is_fused
 from gdnc.opset.onnx_ops.dtypes import array_from_tensor, torch_dtype
+from gdnc.passes.convert import emit_target
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
 

@@ -14,12 +14,16 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from gdnc import progress
+from gdnc.commands.gguf_model import batch_logits
 from gdnc.errors import InputError, ModelLoadError, first_line
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+
+if TYPE_CHECKING:
+    from gdnc.models.qwen_hybrid.runner import HybridModel
 
 MAX_TEXT_BYTES = 64 << 20
 # fused vs unfused: equal to 4 significant digits; on CUDA the chunked Triton kernel's dots run in
@@ -130,9 +134,7 @@ def gdnc_perplexity(model: HybridModel, wins: list[Window], batch: int, label: s
     bar = progress.task(label, len(wins))
     for start in range(0, len(wins), batch):
         group = wins[start:start + batch]
-        pool = model.new_pool(len(group), max(len(w.inputs) for w in group))
-        outs = model.forward(pool, [Entry(pool.allocate(), w.inputs) for w in group], all_logits=True)
-        for w, logits in zip(group, outs):
+        for w, logits in zip(group, batch_logits(model, [w.inputs for w in group])):
             total += nll(logits, w.targets)
             count += len(w.targets)
         bar.advance(len(group))

@@ -19,9 +19,9 @@ from rich.rule import Rule
 from rich.text import Text
 
 from gdnc import progress
+from gdnc.commands.gguf_model import load_hybrid
 from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.models.qwen_hybrid.runner import HybridModel
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.sampling import Sampling
 
@@ -75,7 +75,7 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
         raise InputError("give at least one prompt: -p TEXT")
     if opts.n_new < 1:
         raise InputError(f"-n must be >= 1, got {opts.n_new}")
-    model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device,
+    model = load_hybrid(path, fused=opts.fused != "off", device=opts.device,
                         prefill_chunk=opts.prefill_chunk)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
     ids = [_encode(tokenizer, p, i, len(opts.prompts)) for i, p in enumerate(opts.prompts)]

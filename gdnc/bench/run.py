@@ -1,12 +1,8 @@
-"""``gdnc bench MODEL``: model level and op level, fused vs unfused (and peers), on one device
-in one run; tables, ``--json`` or nothing (``--quiet``), ``--plot FILE``.
-
-Every input is checked before anything is measured: the device, the plot's target, the model
-(a GGUF hybrid gdnc builds). Progress goes to stderr, and only when the output is the tables."""
+"""One ``gdnc bench`` run: plan the jobs of a GGUF hybrid's model level and op level, measure the
+copy bandwidth, then every job; progress bars on ``console`` when ``show``."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,13 +15,10 @@ from gdnc.bench.model_level import model_plan
 from gdnc.bench.op_level import op_plan
 from gdnc.bench.options import BenchOptions, GdnShape
 from gdnc.bench.plan import Context
-from gdnc.bench.plot import check_plot_target, write_plot
 from gdnc.bench.results import BenchResult
-from gdnc.bench.tables import print_tables
 from gdnc.bench.timing import device_info
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.config import hybrid_config
-from gdnc.runtime.device import runtime_device
 
 
 def _load() -> tuple[float, ...]:
@@ -36,13 +29,11 @@ def _load() -> tuple[float, ...]:
         return ()
 
 
-def run_bench(model: Path, opts: BenchOptions, plot: Path | None, as_json: bool, quiet: bool,
-              out: Console, err: Console) -> BenchResult:
-    """Check the inputs, measure every job, then plot and print; the result (also for callers)."""
+def measure(model: Path, opts: BenchOptions, device: torch.device, console: Console,
+            show: bool) -> BenchResult:
+    """Every measurement of ``opts`` for the GGUF hybrid ``model`` on ``device`` (resolved by the
+    caller); ``wall_s`` counts from the model's loading."""
     start = time.perf_counter()
-    device = runtime_device(opts.device)
-    if plot is not None:
-        check_plot_target(plot)
     file = GgufFile(model)
     cfg = hybrid_config(file)
     if opts.threads is not None:
@@ -55,7 +46,7 @@ def run_bench(model: Path, opts: BenchOptions, plot: Path | None, as_json: bool,
     result = BenchResult(str(model), cfg.arch, device_info(device), opts.rounds,
                          suites=model_suites + op_suites)
     result.load = _load()
-    with progress.bars(err, enabled=not (as_json or quiet)):
+    with progress.bars(console, enabled=show):
         bar = progress.task("copy bandwidth", total=len(jobs) + 1)
         ctx.measure_copy_bandwidth()
         for job in jobs:
@@ -66,12 +57,4 @@ def run_bench(model: Path, opts: BenchOptions, plot: Path | None, as_json: bool,
     result.copy_bandwidth_gbps = ctx.copy_gbps
     result.wall_s = time.perf_counter() - start
     result.load += _load()
-    if plot is not None:
-        write_plot(plot, result)
-    if as_json:
-        out.print_json(json.dumps(result.to_json()))
-    elif not quiet:
-        print_tables(out, result)
-        if plot is not None:
-            out.print(f"wrote {plot}")
     return result

@@ -1,6 +1,6 @@
 """``gdnc convert MODEL.gguf``: write a GGUF hybrid as an ONNX file that onnxruntime runs.
 
-Fused (default): the graph the gdnc runtime runs (``hybrid_runner.build_fused``: one
+Fused (default): the graph the gdnc runtime runs (``gdnc.models.qwen_hybrid.runner.build_fused``: one
 multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
 layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
 bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
@@ -15,7 +15,6 @@ from typing import Any
 
 from gdnc import command_files
 from gdnc.atomic import keeping
-from gdnc.convert import TARGETS, emit_target
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.to_onnx import external_data_files, save_onnx
@@ -23,6 +22,7 @@ from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.models.qwen_hybrid.runner import build_fused
 from gdnc.opset.gated_delta_net import QUALIFIED_OP
+from gdnc.passes.convert import TARGETS, emit_target
 
 DEFAULT_LENGTHS = (8,)
 

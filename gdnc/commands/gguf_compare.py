@@ -3,7 +3,7 @@
 Per prompt: max |Δlogit| over all positions, top-1 agreement, and the perplexity of the
 prompt's own tokens under each graph (exp of the mean next-token NLL). The comparison passes
 when the top-1 token agrees at every position (SPEC §6). With a text file (``TextEval``), its
-perplexity under both graphs, and under the HF checkpoint when given (``gdnc.heldout``): fused
+perplexity under both graphs, and under the HF checkpoint when given (``gdnc.commands.heldout``): fused
 and unfused must agree within ``heldout.FUSED_TOLERANCE`` (4 significant digits on CPU), fused
 and HF within 1e-3.
 """
@@ -13,14 +13,18 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from gdnc.commands.gguf_model import batch_logits, load_hybrid
+from gdnc.commands.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+
+if TYPE_CHECKING:
+    from gdnc.models.qwen_hybrid.runner import HybridModel
 
 DEFAULT_PROMPTS = (
     "The for statement is used to iterate over the elements of a sequence.",
@@ -80,15 +84,13 @@ def perplexity(logits: torch.Tensor, tokens: list[int]) -> float:
 
 
 def _batch_logits(model: HybridModel, prompts: list[list[int]]) -> list[torch.Tensor]:
-    pool = model.new_pool(len(prompts), max(len(p) for p in prompts))
-    batch = [Entry(pool.allocate(), tuple(p)) for p in prompts]
-    return [t.float().cpu() for t in model.forward(pool, batch, all_logits=True)]
+    return [t.float().cpu() for t in batch_logits(model, prompts)]
 
 
 def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu",
                  text: TextEval | None = None) -> GgufComparison:
     """Run ``prompts`` (default: a small built-in set) through both graphs and compare; with
-    ``text``, the perplexity of that text too (``gdnc.heldout``)."""
+    ``text``, the perplexity of that text too (``gdnc.commands.heldout``)."""
     texts = list(prompts or DEFAULT_PROMPTS)
     content = None
     if text is not None:
@@ -96,13 +98,13 @@ def compare_gguf(path: str, prompts: list[str] | None = None, device: str = "cpu
         content = read_text(text.path)
         if text.hf is not None:
             check_checkpoint(text.hf)
-    fused = HybridModel(path, fused=True, device=device)
+    fused = load_hybrid(path, fused=True, device=device)
     tokenizer = GgufTokenizer.from_metadata(fused.file.metadata)
     ids = [tokenizer.encode(t) for t in texts]
     empty = [t for t, i in zip(texts, ids) if not i]
     if empty:
         raise InputError(f"prompt {empty[0]!r} encodes to no tokens")
-    unfused = HybridModel(path, fused=False, device=device, file=fused.file)
+    unfused = load_hybrid(path, fused=False, device=device, file=fused.file)
     got, want = _batch_logits(fused, ids), _batch_logits(unfused, ids)
     rows = [
         PromptDiff(text, len(toks), float((a - b).abs().max()),

@@ -1,0 +1,43 @@
+"""``gdnc bench MODEL``: model level and op level, fused vs unfused (and peers), on one device
+in one run; tables, ``--json`` or nothing (``--quiet``), ``--plot FILE``.
+
+Every input is checked before anything is measured: the model (a GGUF hybrid gdnc builds), the
+files, the options, the device, the plot's target. Progress goes to stderr, and only when the
+output is the tables. What is measured, and how: ``gdnc.bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from gdnc import command_files
+from gdnc.frontends.model_kind import require_gguf
+
+
+def bench(model: Path, *, device: str, batches: str | None, lengths: str | None, rounds: int | None,
+          shape: list[str], threads: int | None, quick: bool, plot: Path | None, as_json: bool,
+          quiet: bool, out: Console, err: Console) -> None:
+    """The command, its options as typed (strings parsed here)."""
+    require_gguf(model, "bench")  # before the bench's own (slow) imports
+    command_files.check(inputs=[model], outputs=[plot])
+    from gdnc.bench.options import bench_options
+    from gdnc.bench.run import measure
+    from gdnc.commands.bench_plot import check_plot_target, write_plot
+    from gdnc.commands.bench_tables import print_tables
+    from gdnc.runtime.device import runtime_device
+
+    opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
+    resolved = runtime_device(opts.device)
+    if plot is not None:
+        check_plot_target(plot)
+    result = measure(model, opts, resolved, err, show=not (as_json or quiet))
+    if plot is not None:
+        write_plot(plot, result)
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+    elif not quiet:
+        print_tables(out, result)
+        if plot is not None:
+            out.print(f"wrote {plot}")
