@@ -21,7 +21,8 @@ import torch
 
 from examples.make_gguf_models import write_models
 from gdnc.atomic import write_text
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 
 
 def _sync(device: str) -> None:

@@ -21,7 +21,7 @@ from rich.text import Text
 from gdnc import progress
 from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.registry import open_gguf
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.sampling import Sampling
 
@@ -75,8 +75,8 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
         raise InputError("give at least one prompt: -p TEXT")
     if opts.n_new < 1:
         raise InputError(f"-n must be >= 1, got {opts.n_new}")
-    model = HybridModel(str(path), fused=opts.fused != "off", device=opts.device,
-                        prefill_chunk=opts.prefill_chunk)
+    model = open_gguf(str(path), fused=opts.fused != "off", device=opts.device,
+                      prefill_chunk=opts.prefill_chunk)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
     ids = [_encode(tokenizer, p, i, len(opts.prompts)) for i, p in enumerate(opts.prompts)]
     for text, toks in zip(opts.shown, ids):

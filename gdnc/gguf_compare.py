@@ -20,7 +20,8 @@ import torch
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 from gdnc.heldout import HeldOut, check_checkpoint, check_options, evaluate, nll, read_text
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 
 DEFAULT_PROMPTS = (
     "The for statement is used to iterate over the elements of a sequence.",

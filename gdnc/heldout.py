@@ -19,7 +19,8 @@ import torch
 
 from gdnc import progress
 from gdnc.errors import InputError, ModelLoadError, first_line
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 
 MAX_TEXT_BYTES = 64 << 20
 # fused vs unfused: equal to 4 significant digits; on CUDA the chunked Triton kernel's dots run in

@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType
 from gdnc.errors import InputError, ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.graph import Composition
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 from tests.frontends.gguf_rewrite import rewrite
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures

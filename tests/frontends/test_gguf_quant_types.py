@@ -19,7 +19,7 @@ from gguf.quants import dequantize, quantize
 
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
 from tests.frontends.gguf_rewrite import rewrite
 
 Q = GGMLQuantizationType

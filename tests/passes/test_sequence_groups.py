@@ -14,13 +14,15 @@ import torch
 from gdnc.errors import RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.models.qwen_hybrid.batch import batch_feeds
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
-from gdnc.models.qwen_hybrid.runner import Entry, StatePool, batch_feeds, build_fused
+from gdnc.models.qwen_hybrid.model import build_fused
 from gdnc.passes.composition import lift_sequence_layout
 from gdnc.passes.delta_net import fuse as fuse_mod
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
+from gdnc.runtime.state_pool import Entry, StatePool
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]

@@ -74,7 +74,7 @@ TALLY = Tally()
 _LAZY_IMPORTS = (
     "gdnc.convert", "gdnc.compare", "gdnc.generate", "gdnc.gguf_compare", "gdnc.gguf_export",
     "gdnc.reporting", "gdnc.frontends.gguf_file", "gdnc.models.qwen_hybrid.graph",
-    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.runner",
+    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.model",
     "gdnc.opset.registry", "gdnc.ir.to_onnx", "gdnc.passes.pipeline", "click",
 )
 

@@ -29,8 +29,9 @@ from examples.make_gguf_models import write_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.lowering.gated_delta_net.api import CHUNKED_MIN_TOKENS
 from gdnc.lowering.gated_delta_net.cpu import CHUNK
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
+from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.generation import FINISHED, Request, Scheduler
+from gdnc.runtime.state_pool import Entry, PoolFullError
 from tests.frontends.gguf_rewrite import rewrite
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
