@@ -14,7 +14,7 @@ import torch
 from gdnc.errors import RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.graph import Graph, Model, Node
-from gdnc.models.qwen_hybrid.batch import batch_feeds
+from gdnc.models.qwen_hybrid.batch import batch_feeds, pool_shapes
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.models.qwen_hybrid.model import build_fused
@@ -85,7 +85,7 @@ def _run_both(arch: str, edit: Edit | None = None) -> None:
     slots with non-zero states, the sequences in slots (2, 0); slot 1 is left untouched."""
     cfg = hybrid_config(_file(arch))
     gen = torch.Generator().manual_seed(0)
-    pool = StatePool(cfg, 3, 16, "cpu")
+    pool = StatePool(pool_shapes(cfg, 3, 16), 16, "cpu")
     pool.n_past = [3, 5, 2]
     for name, t in pool.tensors.items():
         if name.startswith(("k_cache", "v_cache")):
