@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
 from corpus.tiny_gguf import write_models  # noqa: E402
 from gdnc.atomic import write_text  # noqa: E402
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel  # noqa: E402
+from gdnc.models.qwen_hybrid.model import HybridModel  # noqa: E402
+from gdnc.runtime.state_pool import Entry  # noqa: E402
 
 
 def _sync(device: str) -> None:

@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -m pytest -q -p no:cacheprovider tests/runtime/test_serving.py -m gpu 2>&1 | tee "$OUT/gpu_serving.log" | tail -4
 python3 - <<'PY' 2>&1 | tee "$OUT/gpu_fixtures.log"
 import numpy as np
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
 for arch in ("qwen35", "qwen3next", "qwen35moe"):
     ref = dict(np.load(f"tests/fixtures/gguf/{arch}-fixture-ref.npz"))
     for fused in (False, True):

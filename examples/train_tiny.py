@@ -255,7 +255,7 @@ def verify(model, tok: tuple, held: np.ndarray, hf_tok: Tokenizer, out: Path) ->
     import tempfile
 
     from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-    from gdnc.models.qwen_hybrid.runner import HybridModel
+    from gdnc.models.qwen_hybrid.model import HybridModel
 
     sample = pydoc_data.topics.topics["for"][:400]
     snippet = held[:SEQ]

@@ -17,6 +17,7 @@ from rich.markup import escape
 from gdnc import __version__, interrupt
 from gdnc.errors import GdncError, GdncWarning, first_line, foreign_error
 from gdnc.llama_flags import LlamaHabits
+from gdnc.models.registry import supported_architectures
 
 PIPED_WIDTH = 1000
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -161,7 +162,7 @@ def compare(
 
 @app.command()
 def bench(
-    model: Path = typer.Argument(..., help="GGUF hybrid (qwen35, qwen35moe, qwen3next)"),
+    model: Path = typer.Argument(..., help=f"GGUF hybrid ({', '.join(supported_architectures())})"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     batches: str | None = typer.Option(None, help='decode batch sizes (default "1,2,4,8"; --quick "1,2")'),
     lengths: str | None = typer.Option(None, help='prefill lengths (default "16,64,256"; --quick "16,64")'),
@@ -191,7 +192,7 @@ def ops(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @app.command()
 def logits(
-    model: Path = typer.Argument(..., help="GGUF model (qwen35, qwen35moe, qwen3next)"),
+    model: Path = typer.Argument(..., help=f"GGUF model ({', '.join(supported_architectures())})"),
     tokens: str = typer.Option(..., "--tokens", help='token ids, e.g. "1 2 3"'),
     output: Path = typer.Option(..., "-o", "--output", help=".npy file: float32 [T, n_vocab]"),
     fused_gdn: str = typer.Option("on", "--fused-gdn", help="on / auto: fused GatedDeltaNet, off: unfused"),

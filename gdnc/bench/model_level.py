@@ -17,7 +17,8 @@ from gdnc.bench.plan import WARMUP, Context, Job
 from gdnc.bench.results import FUSED, UNFUSED, Measure, Suite
 from gdnc.bench.timing import time_calls
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 
 
 def decode_measure(model: HybridModel, batch: int, ctx: Context) -> Measure:

@@ -24,7 +24,7 @@ from gdnc.errors import InputError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
 
 if TYPE_CHECKING:
-    from gdnc.models.qwen_hybrid.runner import HybridModel
+    from gdnc.models.gguf_model import GgufModel
 
 DEFAULT_PROMPTS = (
     "The for statement is used to iterate over the elements of a sequence.",
@@ -83,7 +83,7 @@ def perplexity(logits: torch.Tensor, tokens: list[int]) -> float:
     return math.exp(nll(logits[:-1], tuple(tokens[1:])) / (len(tokens) - 1))
 
 
-def _batch_logits(model: HybridModel, prompts: list[list[int]]) -> list[torch.Tensor]:
+def _batch_logits(model: GgufModel, prompts: list[list[int]]) -> list[torch.Tensor]:
     return [t.float().cpu() for t in batch_logits(model, prompts)]
 
 

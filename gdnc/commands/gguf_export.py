@@ -1,6 +1,6 @@
 """``gdnc convert MODEL.gguf``: write a GGUF hybrid as an ONNX file that onnxruntime runs.
 
-Fused (default): the graph the gdnc runtime runs (``gdnc.models.qwen_hybrid.runner.build_fused``: one
+Fused (default): the graph the gdnc runtime runs (``gdnc.models.qwen_hybrid.model.build_fused``: one
 multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
 layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
 bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
@@ -20,7 +20,7 @@ from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.to_onnx import external_data_files, save_onnx
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
-from gdnc.models.qwen_hybrid.runner import build_fused
+from gdnc.models.qwen_hybrid.model import build_fused
 from gdnc.opset.gated_delta_net import QUALIFIED_OP
 from gdnc.passes.convert import TARGETS, emit_target
 

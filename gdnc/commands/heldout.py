@@ -23,7 +23,7 @@ from gdnc.commands.gguf_model import batch_logits
 from gdnc.errors import InputError, ModelLoadError, first_line
 
 if TYPE_CHECKING:
-    from gdnc.models.qwen_hybrid.runner import HybridModel
+    from gdnc.models.gguf_model import GgufModel
 
 MAX_TEXT_BYTES = 64 << 20
 # fused vs unfused: equal to 4 significant digits; on CUDA the chunked Triton kernel's dots run in
@@ -128,7 +128,7 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: not UTF-8 text ({first_line(exc)})") from exc
 
 
-def gdnc_perplexity(model: HybridModel, wins: list[Window], batch: int, label: str) -> float:
+def gdnc_perplexity(model: GgufModel, wins: list[Window], batch: int, label: str) -> float:
     """Perplexity of ``wins`` under ``model`` (``batch`` windows per forward pass)."""
     total, count = 0.0, 0
     bar = progress.task(label, len(wins))
@@ -182,7 +182,7 @@ def hf_perplexity(folder: Path, wins: list[Window], n_vocab: int) -> float:
     return math.exp(total / count)
 
 
-def evaluate(fused: HybridModel, unfused: HybridModel, ids: list[int], text: str, width: int,
+def evaluate(fused: GgufModel, unfused: GgufModel, ids: list[int], text: str, width: int,
              max_tokens: int | None, hf: Path | None) -> HeldOut:
     """Perplexity of ``ids`` (the tokens of file ``text``) under both graphs and, with ``hf``,
     under that HF checkpoint (module docstring)."""
@@ -194,7 +194,7 @@ def evaluate(fused: HybridModel, unfused: HybridModel, ids: list[int], text: str
     runs = [("fused", lambda: gdnc_perplexity(fused, wins, FUSED_BATCH, "fused graph")),
             ("unfused", lambda: gdnc_perplexity(unfused, wins, UNFUSED_BATCH, "unfused graphs"))]
     if hf is not None:
-        runs.append(("hf", lambda: hf_perplexity(hf, wins, fused.cfg.n_vocab)))
+        runs.append(("hf", lambda: hf_perplexity(hf, wins, fused.n_vocab)))
     for name, run in runs:
         start = time.perf_counter()
         result.perplexity[name] = run()

@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gdnc.errors import InputError
+
 DEFAULT_CHUNK = 512
 SCORE_BUDGET = 1 << 26  # elements of one [N, heads, Lq, S] score tensor: 256 MiB in float32
 
@@ -24,6 +26,14 @@ class Limits:
 
     chunk: int = DEFAULT_CHUNK
     score_budget: int = SCORE_BUDGET
+
+    @classmethod
+    def for_prefill_chunk(cls, prefill_chunk: int | None) -> Limits:
+        """The limits of runs feeding prompts ``prefill_chunk`` tokens at a time (None: the
+        default); InputError when it is < 1."""
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise InputError(f"prefill chunk must be >= 1, got {prefill_chunk}")
+        return cls(chunk=prefill_chunk or DEFAULT_CHUNK)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Serve many sequences at once: a scheduler over a ``HybridModel`` and its ``StatePool``.
+"""Serve many sequences at once: a scheduler over a ``BatchModel`` and its ``StatePool``.
 
 Every ``step()`` runs ONE batch that mixes prefill (a newly admitted sequence's prompt, in
 chunks of ``prefill_chunk``, by default the model's) and decode (one token of every other
@@ -18,14 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
 from gdnc.errors import InputError
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
+from gdnc.runtime.batch_model import BatchModel
 from gdnc.runtime.sampling import Sampler, Sampling
+from gdnc.runtime.state_pool import Entry, PoolFullError
 
 FINISHED = ("done", "cancelled", "failed")
+M = TypeVar("M", bound=BatchModel)
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,10 @@ class Timing:
                 if self.seconds else 0.0}
 
 
-class Scheduler:
-    """``submit`` requests, then ``step()`` until ``done`` (or ``run()``)."""
+class Scheduler(Generic[M]):
+    """``submit`` requests, then ``step()`` until ``done`` (or ``run()``) on ``model``."""
 
-    def __init__(self, model: HybridModel, parallel: int, n_ctx: int | None = None,
+    def __init__(self, model: M, parallel: int, n_ctx: int | None = None,
                  prefill_chunk: int | None = None, eos_id: int | None = None,
                  max_waiting: int | None = None) -> None:
         if parallel < 1:

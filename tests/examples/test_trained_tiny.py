@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.generation import Request, Scheduler
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,9 @@ import pytest
 
 from gdnc.commands.gguf_export import export_gguf, parse_lengths
 from gdnc.errors import GdncError, InputError, ModelLoadError
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, StatePool, batch_feeds
+from gdnc.models.qwen_hybrid.batch import batch_feeds
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry, StatePool
 from tests.frontends.test_gguf_models import ARCHS, MAX_ABS, gguf_path, reference
 
 DATA_SUFFIX = r"\.[0-9a-f]{8}\.data"  # save_onnx names each data file for its write

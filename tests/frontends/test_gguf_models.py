@@ -16,7 +16,8 @@ from corpus.gguf_rewrite import rewrite
 from gdnc.errors import InputError, ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.graph import Composition
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
+from gdnc.runtime.state_pool import Entry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"  # copied from ../shared/fixtures
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]

@@ -20,7 +20,7 @@ from gguf.quants import dequantize, quantize
 from corpus.gguf_rewrite import rewrite
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
 
 Q = GGMLQuantizationType
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"

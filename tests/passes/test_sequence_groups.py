@@ -14,13 +14,15 @@ import torch
 from gdnc.errors import RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.models.qwen_hybrid.batch import batch_feeds, pool_shapes
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
-from gdnc.models.qwen_hybrid.runner import Entry, StatePool, batch_feeds, build_fused
+from gdnc.models.qwen_hybrid.model import build_fused
 from gdnc.passes.composition import lift_sequence_layout
 from gdnc.passes.delta_net import fuse as fuse_mod
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime.executor import Executor
+from gdnc.runtime.state_pool import Entry, StatePool
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gguf"
 ARCHS = ["qwen35", "qwen3next", "qwen35moe"]
@@ -83,7 +85,7 @@ def _run_both(arch: str, edit: Edit | None = None) -> None:
     slots with non-zero states, the sequences in slots (2, 0); slot 1 is left untouched."""
     cfg = hybrid_config(_file(arch))
     gen = torch.Generator().manual_seed(0)
-    pool = StatePool(cfg, 3, 16, "cpu")
+    pool = StatePool(pool_shapes(cfg, 3, 16), 16, "cpu")
     pool.n_past = [3, 5, 2]
     for name, t in pool.tensors.items():
         if name.startswith(("k_cache", "v_cache")):

@@ -76,7 +76,7 @@ _LAZY_IMPORTS = (
     "gdnc.commands.logits", "gdnc.commands.onnx_compare", "gdnc.commands.generate",
     "gdnc.commands.gguf_compare", "gdnc.commands.gguf_export", "gdnc.commands.compare_report",
     "gdnc.frontends.gguf_file", "gdnc.models.qwen_hybrid.graph",
-    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.runner",
+    "gdnc.frontends.onnx_model", "gdnc.runtime.executor", "gdnc.models.qwen_hybrid.model",
     "gdnc.opset.registry", "gdnc.ir.to_onnx", "gdnc.passes.pipeline", "click",
 )
 

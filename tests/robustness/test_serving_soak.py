@@ -30,8 +30,9 @@ from corpus.tiny_gguf import write_models
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.lowering.gated_delta_net.backends import BACKENDS
 from gdnc.lowering.gated_delta_net.cpu import CHUNK
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
+from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.generation import FINISHED, Request, Scheduler
+from gdnc.runtime.state_pool import Entry, PoolFullError
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
 SOAK_STEPS = 2000

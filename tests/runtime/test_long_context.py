@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gdnc.errors import GdncWarning
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, context_bytes
+from gdnc.models.qwen_hybrid.batch import context_bytes
+from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime import memory
 from gdnc.runtime.batch_plan import Limits, Piece, plan_runs, score_elements
 from gdnc.runtime.generation import Request, Scheduler
+from gdnc.runtime.state_pool import Entry
 from tests.frontends.test_gguf_models import ARCHS, gguf_path
 from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
@@ -38,7 +40,7 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCh
 PEAK_CHILD = """
 import resource, sys
 import numpy as np
-from gdnc.models.qwen_hybrid.runner import HybridModel
+from gdnc.models.qwen_hybrid.model import HybridModel
 model = HybridModel(sys.argv[1])
 ids = np.random.default_rng(int(sys.argv[3])).integers(0, model.cfg.n_vocab, int(sys.argv[2]))
 model.logits(ids[:16])  # builds the graph; the baseline includes it

@@ -18,9 +18,10 @@ import torch
 
 from corpus.tiny_gguf import write_models
 from gdnc.errors import InputError
-from gdnc.models.qwen_hybrid.runner import Entry, HybridModel, PoolFullError
+from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.generation import Request, Scheduler
 from gdnc.runtime.sampling import Sampling
+from gdnc.runtime.state_pool import Entry, PoolFullError
 
 ARCHS = ["qwen35", "qwen35moe", "qwen3next"]
 MAX_ABS = 1e-4

@@ -14,8 +14,9 @@ from typing import cast
 
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
+from gdnc.models.qwen_hybrid.family import FAMILY
+from gdnc.models.registry import family_of
 
-ARCHITECTURES = ("qwen35", "qwen35moe", "qwen3next")
 MOE_ARCHITECTURES = ("qwen35moe", "qwen3next")
 BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.")
 # upper bounds far above any released model (heads <= 128, head dims <= 256, a delta-net state
@@ -73,15 +74,15 @@ class HybridConfig:
 
 
 def hybrid_config(f: GgufFile) -> HybridConfig:
-    """Read and check the hyper-parameters; ModelLoadError names what is wrong.
+    """Read and check the hyper-parameters; ModelLoadError names what is wrong (first: an
+    architecture outside this family, ``registry.family_of``).
 
     Every count is checked (positive, within ``LIMITS``, consistent with the others) and so are
     the shapes of the tensors that carry the sizes the runtime allocates from the config (state
     pools, KV caches, the vocabulary), before anything is sized from them."""
+    if family_of(f) is not FAMILY:
+        raise ModelLoadError(f"{f.path}: architecture {f.architecture!r} is not a {FAMILY.name} model")
     arch = f.architecture
-    if arch not in ARCHITECTURES:
-        raise ModelLoadError(f"{f.path}: architecture {arch!r} is not supported",
-                             fix=f"gdnc runs {', '.join(ARCHITECTURES)} models")
 
     def count(key: str, default: object = ...) -> int:
         """Integer key ``arch.key`` in 1..LIMITS[key]."""

@@ -1,0 +1,95 @@
+"""Run one mixed prefill/decode batch of pooled sequences through a model family's graphs.
+
+The family supplies its batch graphs and their index inputs; ``BatchRunner.forward`` checks the
+batch, splits it into runs within ``Limits`` (``batch_plan``: long prompts go in chunks), runs
+each, swaps the updated pools in and counts each slot's tokens. A batch graph's contract:
+inputs = the family's index inputs + every pool tensor (by name); outputs = ``logits``
+[O, n_vocab] (one row per sequence, or per new token with ``all_logits``) and every pool after
+the batch (name + ``.out``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gdnc.errors import InputError
+from gdnc.ir.graph import Model
+from gdnc.runtime.batch_plan import Limits, plan_runs
+from gdnc.runtime.executor import Executor
+from gdnc.runtime.state_pool import Entry, StatePool
+
+# the index inputs of one run: (pool, its entries, all_logits) -> feeds by input name
+Feeds = Callable[[StatePool, list[Entry], bool], dict[str, np.ndarray]]
+# the executor of a run, by the new-token counts of its sequences
+Graphs = Callable[[tuple[int, ...]], Executor]
+
+
+def pooled_executor(model: Model, device: str | torch.device) -> Executor:
+    """An executor of a batch graph that may update its pool inputs (those with a ``.out``
+    output) in place: ``BatchRunner`` replaces them by their ``.out`` outputs."""
+    graph = model.graph
+    return Executor(model, device, donate=[n for n in graph.inputs if f"{n}.out" in graph.outputs])
+
+
+@dataclass(frozen=True)
+class BatchRunner:
+    """``forward`` for a model of ``n_vocab`` tokens whose attention has ``n_head`` heads (they
+    bound a run's score tensor)."""
+
+    n_vocab: int
+    n_head: int
+    feeds: Feeds
+    graphs: Graphs
+
+    def forward(self, pool: StatePool, batch: list[Entry], limits: Limits,
+                all_logits: bool = False) -> list[torch.Tensor]:
+        """Run ``batch``, update ``pool``; per entry the logits of its last token [n_vocab]
+        (``all_logits``: of every new token, [T_n, n_vocab]), in runs within ``limits``."""
+        self._check(pool, batch)
+        runs = plan_runs([len(e.tokens) for e in batch], [pool.n_past[e.slot] for e in batch],
+                         self.n_head, limits)
+        if len(runs) == 1:
+            return self._run(pool, batch, all_logits)
+        pieces: list[list[torch.Tensor]] = [[] for _ in batch]
+        for run in runs:
+            part = [Entry(batch[p.index].slot, batch[p.index].tokens[p.start:p.end]) for p in run]
+            for p, logits in zip(run, self._run(pool, part, all_logits)):
+                pieces[p.index].append(logits)
+        return [torch.cat(rows) if all_logits else rows[-1] for rows in pieces]
+
+    def _run(self, pool: StatePool, batch: list[Entry], all_logits: bool) -> list[torch.Tensor]:
+        """``forward`` of one run."""
+        feeds = self.feeds(pool, batch, all_logits)
+        lengths = tuple(len(e.tokens) for e in batch)
+        ex = self.graphs(lengths)
+        wanted = {n: feeds[n] for n in ex.input_names if n in feeds}
+        outs = ex.run({**wanted, **pool.tensors})
+        for name in pool.tensors:
+            pool.tensors[name] = outs[f"{name}.out"]
+        for e in batch:
+            pool.n_past[e.slot] += len(e.tokens)
+        logits = outs["logits"]
+        if all_logits:
+            return list(torch.split(logits, list(lengths)))
+        return list(logits)
+
+    def _check(self, pool: StatePool, batch: list[Entry]) -> None:
+        if not batch:
+            raise InputError("empty batch")
+        slots = [e.slot for e in batch]
+        if len(set(slots)) != len(slots):
+            raise InputError(f"batch: slot listed twice ({slots})")
+        for e in batch:
+            pool.check_live(e.slot)
+            bad = next((t for t in e.tokens if not 0 <= t < self.n_vocab), None)
+            if not e.tokens or bad is not None:
+                raise InputError(f"tokens: need >= 1 id in 0..{self.n_vocab - 1}, got "
+                                 f"{'none' if bad is None else bad} (the vocabulary has "
+                                 f"{self.n_vocab} tokens)")
+            if pool.n_past[e.slot] + len(e.tokens) > pool.n_ctx:
+                raise InputError(f"slot {e.slot}: {pool.n_past[e.slot]} + {len(e.tokens)} tokens exceed the "
+                                 f"context of {pool.n_ctx}")
