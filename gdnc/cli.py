@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from gdnc import __version__, interrupt
+from gdnc.commands.llama_flags import LlamaHabits
 from gdnc.errors import GdncError, GdncWarning, first_line, foreign_error
-from gdnc.llama_flags import LlamaHabits
 from gdnc.models.registry import supported_architectures
 
 PIPED_WIDTH = 1000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc import command_files
+from gdnc.commands import command_files
 from gdnc.frontends.model_kind import require_gguf
 
 

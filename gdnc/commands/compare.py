@@ -39,8 +39,8 @@ def compare(model: Path, *, inputs: Path | None, prompt: list[str], target: str,
         return
     if eval_text is not None or hf is not None or max_tokens is not None:
         raise InputError("--eval, --hf and --max-tokens apply to GGUF models")
+    from gdnc.commands.npz_io import load_npz
     from gdnc.commands.onnx_compare import compare_file
-    from gdnc.npz_io import load_npz
 
     with progress.bars(err, enabled=show):
         result = compare_file(model, inputs=None if inputs is None else load_npz(inputs),

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc import command_files, progress
+from gdnc import progress
 from gdnc.atomic import keeping, write_json, writes_in_place
+from gdnc.commands import command_files
 from gdnc.commands.conversion_report import print_report
 from gdnc.errors import InputError
 from gdnc.frontends.model_kind import GGUF, model_kind

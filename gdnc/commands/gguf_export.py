@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gdnc import command_files
 from gdnc.atomic import keeping
+from gdnc.commands import command_files
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.to_onnx import external_data_files, save_onnx

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc import command_files, progress
+from gdnc import progress
+from gdnc.commands import command_files
 
 
 def inspect(model: Path, *, lengths: str | None, as_json: bool, draw: Path | None, quiet: bool,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc import command_files, progress
+from gdnc import progress
+from gdnc.commands import command_files
 
 
 def logits(model: Path, *, tokens: str, output: Path, fused_gdn: str, device: str, as_json: bool,

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gdnc import command_files, progress
+from gdnc import progress
+from gdnc.commands import command_files
+from gdnc.commands.llama_flags import device_for
 from gdnc.commands.options import fused_flag
 from gdnc.errors import InputError
 from gdnc.frontends.model_kind import GGUF, model_kind
-from gdnc.llama_flags import device_for
 
 
 def run(model: Path, *, prompt: list[str], prompt_file: list[Path], n_new: int, parallel: int | None,
@@ -52,8 +53,8 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
               quiet: bool, out: Console, err: Console) -> None:
     import numpy as np
 
+    from gdnc.commands.npz_io import load_npz, save_npz
     from gdnc.frontends.onnx_model import load_onnx
-    from gdnc.npz_io import load_npz, save_npz
     from gdnc.opset.onnx_ops.dtypes import array_from_tensor
     from gdnc.runtime.executor import Executor
 

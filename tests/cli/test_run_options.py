@@ -18,10 +18,10 @@ import torch
 
 from corpus.gguf_rewrite import rewrite
 from gdnc import __version__
+from gdnc.commands.llama_flags import IGNORED, REFUSED, device_for, screen
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
-from gdnc.llama_flags import IGNORED, REFUSED, device_for, screen
 from gdnc.runtime.sampling import SEED_MODULUS
 from tests.robustness.harness import Outcome, run_cli
 

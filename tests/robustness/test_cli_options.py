@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from corpus.gguf_rewrite import rewrite
-from gdnc.llama_flags import REFUSED
+from gdnc.commands.llama_flags import REFUSED
 from tests.robustness.harness import hold_to_promise, run_cli
 
 SUITE = "options"
