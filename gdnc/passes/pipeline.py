@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from gdnc import progress
 from gdnc.ir.graph import Model
+from gdnc.passes.canonicalize import canonicalize
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
 from gdnc.passes.data_movement import FoldDataMovement
@@ -61,6 +62,10 @@ def _shapes(model: Model, report: ConversionReport) -> None:
     infer_shapes(model)
 
 
+def _canonicalize(model: Model, report: ConversionReport) -> None:
+    report.fired.update(canonicalize(model.graph).fired)
+
+
 def _fuse(model: Model, report: ConversionReport) -> None:
     result = fuse_delta_nets(model)
     report.chains.extend(result.chains)
@@ -87,6 +92,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("shapes", _shapes),
     ("fold-constants", _fold),
     ("shapes-2", _shapes),
+    ("canonicalize", _canonicalize),
     ("fuse", _fuse),
     ("simplify", _simplify),
     ("shapes-3", _shapes),

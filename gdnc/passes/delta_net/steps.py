@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gdnc.ir.graph import Graph
 from gdnc.passes.delta_net.recognize import contract, decay, delta, outer
-from gdnc.passes.patterns import producer, rank
+from gdnc.passes.patterns import rank
 from gdnc.passes.rewrite import Miss
 
 RULE = "delta-net-step"
@@ -117,8 +117,6 @@ def match_step(g: Graph, nid: int) -> Step | Miss | None:
                     return Miss(RULE, f"{new}: intermediate {value} is also read by node {who}")
             if g.is_graph_output(value):
                 return Miss(RULE, f"{new}: intermediate {value} is a graph output")
-    if producer(g, o, "ReduceSum", "Squeeze", "Reshape", "Einsum") is None:
-        return None
     return Step(
         prev=dc.prev, new=new, o=o, q=q, k=k, v=dl.v, gate=dc.gate, beta=dl.beta,
         gate_is_log=dc.is_log, per_key=dc.key_axis is not None, layout=layout, rank=r,
