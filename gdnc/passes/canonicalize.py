@@ -255,7 +255,7 @@ class UnaryBeforeShapeOp:
         return True
 
 
-CANONICAL_RULES = [UnaryBeforeShapeOp(), CanonicalContractions()]
+CANONICAL_RULES: list = [UnaryBeforeShapeOp(), CanonicalContractions()]
 
 
 def canonicalize(g: Graph) -> RewriteStats:

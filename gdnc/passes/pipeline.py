@@ -45,7 +45,7 @@ class ConversionReport:
             "ops_before": self.ops_before,
             "ops_after": self.ops_after,
             "chains": [vars(c) for c in self.chains],
-            "near_misses": [{"rule": m.rule, "reason": m.reason} for m in self.misses],
+            "near_misses": [m.to_json() for m in self.misses],
             "rules_fired": dict(self.fired),
             "seconds": round(self.seconds, 4),
         }
@@ -83,8 +83,8 @@ def _simplify(model: Model, report: ConversionReport) -> None:
         removed = dead_code_elimination(model.graph)
         report.fired.update(stats.fired)
         report.fired["dead-code"] += removed
+        report.misses.extend(m for m in stats.misses if m not in report.misses)
         if not stats.fired and not removed:
-            report.misses.extend(stats.misses)
             return
 
 

@@ -19,10 +19,17 @@ from gdnc.ir.graph import Graph
 
 @dataclass(frozen=True)
 class Miss:
-    """A rule that nearly applied: ``reason`` names the value or node at fault."""
+    """A rule that nearly applied: ``reason`` says why, in words; ``value`` and ``node`` name the
+    value and node it is about ("" when none)."""
 
     rule: str
     reason: str
+    value: str = ""
+    node: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """``rule`` and ``reason``, with ``value`` and ``node`` where known."""
+        return {k: v for k, v in vars(self).items() if v or k in ("rule", "reason")}
 
 
 class Rule(Protocol):
@@ -38,8 +45,12 @@ class RewriteStats:
 
     name: str
     fired: Counter[str] = field(default_factory=Counter)
-    misses: list[Miss] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)  # of every round, each once
     rounds: int = 0
+
+    def add_miss(self, miss: Miss) -> None:
+        if miss not in self.misses:
+            self.misses.append(miss)
 
 
 def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: int = 50) -> RewriteStats:
@@ -53,19 +64,17 @@ def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: in
     for _ in range(max_rounds):
         stats.rounds += 1
         changed = False
-        misses: list[Miss] = []
         for nid in graph.topological_order():
             if not graph.has_node(nid):
                 continue
             for rule in by_op.get(graph.node(nid).op_type, []) + generic:
                 result = rule.apply(graph, nid)
                 if isinstance(result, Miss):
-                    misses.append(result)
+                    stats.add_miss(result)
                 elif result:
                     stats.fired[rule.name] += 1
                     changed = True
                     break
-        stats.misses = misses
         if not changed:
             return stats
     raise RewriteError(f"rewrite stage {name!r} did not converge in {max_rounds} rounds")
