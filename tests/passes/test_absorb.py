@@ -15,8 +15,10 @@ from gdnc.passes.shapes import infer_shapes
 T, H, K, V = 3, 2, 4, 4
 
 
-def _fused(e: Emit, q: str, k: str) -> int:
-    v, g, beta = (e.input(n, FLOAT, s) for n, s in (("v", [1, T, H, V]), ("g", [1, T, H]), ("beta", [1, T, H])))
+def _fused(e: Emit, q: str, k: str, heads: int = H) -> int:
+    """A GatedDeltaNet node reading q, k and fresh v [1, T, heads, V], g and beta [1, T, heads]."""
+    v = e.input("v", FLOAT, [1, T, heads, V])
+    g, beta = (e.input(n, FLOAT, [1, T, heads]) for n in ("g", "beta"))
     node = Node(fused_op.OP_TYPE, [q, k, v, g, beta], ["o", "state"], domain=fused_op.DOMAIN, name="gdn",
                 attrs=make_attrs(**GdnAttrs(scale=1.0, state_layout="kv").to_onnx()))
     nid = e.graph.add_node(node)
@@ -84,15 +86,7 @@ def _grouped(q_how: str | None, k_how: str | None) -> tuple[Graph, int]:
     x, y = _qk(e)
     q = x if q_how is None else _repeat(e, x, q_how)
     k = y if k_how is None else _repeat(e, y, k_how)
-    v, g, beta = (e.input(n, FLOAT, s) for n, s in
-                  (("v", [1, T, 2 * H, V]), ("g", [1, T, 2 * H]), ("beta", [1, T, 2 * H])))
-    nid = e.graph.add_node(Node(fused_op.OP_TYPE, [q, k, v, g, beta], ["o", "state"], domain=fused_op.DOMAIN,
-                                name="gdn", attrs=make_attrs(**GdnAttrs(scale=1.0).to_onnx())))
-    e.graph.outputs += ["o", "state"]
-    model = e.model()
-    model.opset_imports[fused_op.DOMAIN] = fused_op.OPSET_VERSION
-    infer_shapes(model)
-    return e.graph, nid
+    return e.graph, _fused(e, q, k, heads=2 * H)
 
 
 def test_a_head_repeat_of_q_and_k_is_absorbed() -> None:
