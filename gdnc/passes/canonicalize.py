@@ -201,7 +201,7 @@ class CanonicalContractions:
         add = g.node(nid)
         new = add.outputs[0]
         r = rank(g, new)
-        if not op_is(add, "Add") or r is None or r < 3:
+        if not op_is(add, "Add") or r is None or not 3 <= r <= len(_LEADING) + 2:
             return False
         for dec, upd in (add.inputs, add.inputs[::-1]):
             outer = _outer_spelling(g, upd, r)
