@@ -14,7 +14,7 @@ from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
 from gdnc.passes.data_movement import FoldDataMovement
 from gdnc.passes.delta_net import ABSORB_RULES, UNFUSED_RULES, ChainInfo, fuse_delta_nets
-from gdnc.passes.rewrite import Miss, graph_rewrite
+from gdnc.passes.rewrite import Miss, RewriteStats, graph_rewrite
 from gdnc.passes.shapes import infer_shapes
 
 
@@ -78,14 +78,16 @@ def _simplify(model: Model, report: ConversionReport) -> None:
     that looks at the readers of a value, like the scale absorption, needs them gone)."""
     opset = model.opset("")
     rules = [FoldDataMovement(opset=opset), *CLEANUP_RULES, *ABSORB_RULES(opset)]
+    stats = RewriteStats("simplify")
     for _ in range(20):
-        stats = graph_rewrite(model.graph, rules, "simplify")
+        fired = sum(stats.fired.values())
+        graph_rewrite(model.graph, rules, "simplify", stats=stats)
         removed = dead_code_elimination(model.graph)
-        report.fired.update(stats.fired)
         report.fired["dead-code"] += removed
-        report.misses.extend(m for m in stats.misses if m not in report.misses)
-        if not stats.fired and not removed:
-            return
+        if sum(stats.fired.values()) == fired and not removed:
+            break
+    report.fired.update(stats.fired)
+    report.misses.extend(stats.misses)
 
 
 STAGES: list[tuple[str, Stage]] = [

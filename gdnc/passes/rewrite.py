@@ -41,21 +41,33 @@ class Rule(Protocol):
 
 @dataclass
 class RewriteStats:
-    """What one named rewrite stage did."""
+    """What one named rewrite stage did. ``misses`` holds the near-misses of every round, each
+    once, less those of a rule that later fired at the same node (no miss after all)."""
 
     name: str
     fired: Counter[str] = field(default_factory=Counter)
-    misses: list[Miss] = field(default_factory=list)  # of every round, each once
     rounds: int = 0
+    _misses: dict[tuple[str, int], list[Miss]] = field(default_factory=dict)
 
-    def add_miss(self, miss: Miss) -> None:
-        if miss not in self.misses:
-            self.misses.append(miss)
+    @property
+    def misses(self) -> list[Miss]:
+        return list(dict.fromkeys(m for found in self._misses.values() for m in found))
+
+    def missed(self, rule: str, nid: int, miss: Miss) -> None:
+        found = self._misses.setdefault((rule, nid), [])
+        if miss not in found:
+            found.append(miss)
+
+    def applied(self, rule: str, nid: int) -> None:
+        self.fired[rule] += 1
+        self._misses.pop((rule, nid), None)
 
 
-def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: int = 50) -> RewriteStats:
-    """Apply ``rules`` over the nodes in topological order, round after round, to a fixpoint."""
-    stats = RewriteStats(name)
+def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: int = 50,
+                  stats: RewriteStats | None = None) -> RewriteStats:
+    """Apply ``rules`` over the nodes in topological order, round after round, to a fixpoint;
+    ``stats`` (default: new) carries on the counts and misses of an earlier call."""
+    stats = RewriteStats(name) if stats is None else stats
     by_op: dict[str, list[Rule]] = {}
     generic = [r for r in rules if not r.ops]
     for rule in rules:
@@ -70,9 +82,9 @@ def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: in
             for rule in by_op.get(graph.node(nid).op_type, []) + generic:
                 result = rule.apply(graph, nid)
                 if isinstance(result, Miss):
-                    stats.add_miss(result)
+                    stats.missed(rule.name, nid, result)
                 elif result:
-                    stats.fired[rule.name] += 1
+                    stats.applied(rule.name, nid)
                     changed = True
                     break
         if not changed:

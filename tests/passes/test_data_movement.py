@@ -63,3 +63,18 @@ def test_the_misses_of_every_round_are_kept() -> None:
     stats = graph_rewrite(g, [MissOnce(), FireOnce()], "rounds")
     assert stats.rounds == 2 and stats.fired == {"fire-once": 1}
     assert stats.misses == [Miss("miss-once", "first round", value="out")]
+
+
+def test_a_miss_of_a_rule_that_later_fires_at_its_node_is_dropped() -> None:
+    g, _ = _graph([0, 1, 2, 3])
+    calls = {"n": 0}
+
+    class MissThenFire:
+        name, ops = "miss-then-fire", ("Identity",)
+
+        def apply(self, graph: Graph, nid: int) -> bool | Miss:
+            calls["n"] += 1
+            return Miss(self.name, "not yet") if calls["n"] == 1 else calls["n"] == 2
+
+    stats = graph_rewrite(g, [MissThenFire()], "rounds")
+    assert stats.fired == {"miss-then-fire": 1} and stats.misses == []
