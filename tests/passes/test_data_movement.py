@@ -67,7 +67,7 @@ def test_the_misses_of_every_round_are_kept() -> None:
 
 def test_a_miss_of_a_rule_that_later_fires_at_its_node_is_dropped() -> None:
     g, _ = _graph([0, 1, 2, 3])
-    calls = {"n": 0}
+    calls = {"n": 0, "other": 0}
 
     class MissThenFire:
         name, ops = "miss-then-fire", ("Identity",)
@@ -76,5 +76,12 @@ def test_a_miss_of_a_rule_that_later_fires_at_its_node_is_dropped() -> None:
             calls["n"] += 1
             return Miss(self.name, "not yet") if calls["n"] == 1 else calls["n"] == 2
 
-    stats = graph_rewrite(g, [MissThenFire()], "rounds")
-    assert stats.fired == {"miss-then-fire": 1} and stats.misses == []
+    class FireOnce:  # makes a second round
+        name, ops = "fire-once", ("Identity",)
+
+        def apply(self, graph: Graph, nid: int) -> bool:
+            calls["other"] += 1
+            return calls["other"] == 1
+
+    stats = graph_rewrite(g, [MissThenFire(), FireOnce()], "rounds")
+    assert stats.fired == {"miss-then-fire": 1, "fire-once": 1} and stats.misses == []
