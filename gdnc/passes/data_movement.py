@@ -148,7 +148,8 @@ class FoldDataMovement:
         assert src_shape is not None
         layout = _as_layout_ops(marker, src_shape)
         if layout is None:
-            return Miss(self.name, f"{out!r} is not a transpose/reshape of {region.source!r}")
+            return Miss(self.name, f"{out!r} is not a transpose/reshape of {region.source!r}", value=out,
+                        node=node.name)
         perm, reshape = layout
         value = region.source
         b = GraphBuilder(g, position=g.position(nid))

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 from gdnc import progress
 from gdnc.ir.graph import Model
+from gdnc.passes.canonicalize import canonicalize
 from gdnc.passes.cleanup import CLEANUP_RULES, dead_code_elimination
 from gdnc.passes.constant_fold import fold_constants
 from gdnc.passes.data_movement import FoldDataMovement
 from gdnc.passes.delta_net import ABSORB_RULES, UNFUSED_RULES, ChainInfo, fuse_delta_nets
-from gdnc.passes.rewrite import Miss, graph_rewrite
+from gdnc.passes.rewrite import Miss, RewriteStats, graph_rewrite
 from gdnc.passes.shapes import infer_shapes
 
 
@@ -44,7 +45,7 @@ class ConversionReport:
             "ops_before": self.ops_before,
             "ops_after": self.ops_after,
             "chains": [vars(c) for c in self.chains],
-            "near_misses": [{"rule": m.rule, "reason": m.reason} for m in self.misses],
+            "near_misses": [m.to_json() for m in self.misses],
             "rules_fired": dict(self.fired),
             "seconds": round(self.seconds, 4),
         }
@@ -61,6 +62,10 @@ def _shapes(model: Model, report: ConversionReport) -> None:
     infer_shapes(model)
 
 
+def _canonicalize(model: Model, report: ConversionReport) -> None:
+    report.fired.update(canonicalize(model.graph).fired)
+
+
 def _fuse(model: Model, report: ConversionReport) -> None:
     result = fuse_delta_nets(model)
     report.chains.extend(result.chains)
@@ -73,20 +78,23 @@ def _simplify(model: Model, report: ConversionReport) -> None:
     that looks at the readers of a value, like the scale absorption, needs them gone)."""
     opset = model.opset("")
     rules = [FoldDataMovement(opset=opset), *CLEANUP_RULES, *ABSORB_RULES(opset)]
+    stats = RewriteStats("simplify")
     for _ in range(20):
-        stats = graph_rewrite(model.graph, rules, "simplify")
+        fired = sum(stats.fired.values())
+        graph_rewrite(model.graph, rules, "simplify", stats=stats)
         removed = dead_code_elimination(model.graph)
-        report.fired.update(stats.fired)
         report.fired["dead-code"] += removed
-        if not stats.fired and not removed:
-            report.misses.extend(stats.misses)
-            return
+        if sum(stats.fired.values()) == fired and not removed:
+            break
+    report.fired.update(stats.fired)
+    report.misses.extend(stats.misses)
 
 
 STAGES: list[tuple[str, Stage]] = [
     ("shapes", _shapes),
     ("fold-constants", _fold),
     ("shapes-2", _shapes),
+    ("canonicalize", _canonicalize),
     ("fuse", _fuse),
     ("simplify", _simplify),
     ("shapes-3", _shapes),

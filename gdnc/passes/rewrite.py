@@ -19,10 +19,17 @@ from gdnc.ir.graph import Graph
 
 @dataclass(frozen=True)
 class Miss:
-    """A rule that nearly applied: ``reason`` names the value or node at fault."""
+    """A rule that nearly applied: ``reason`` says why, in words; ``value`` and ``node`` name the
+    value and node it is about ("" when none)."""
 
     rule: str
     reason: str
+    value: str = ""
+    node: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """``rule`` and ``reason``, with ``value`` and ``node`` where known."""
+        return {k: v for k, v in vars(self).items() if v or k in ("rule", "reason")}
 
 
 class Rule(Protocol):
@@ -34,17 +41,33 @@ class Rule(Protocol):
 
 @dataclass
 class RewriteStats:
-    """What one named rewrite stage did."""
+    """What one named rewrite stage did. ``misses`` holds the near-misses of every round, each
+    once, less those of a rule that later fired at the same node (no miss after all)."""
 
     name: str
     fired: Counter[str] = field(default_factory=Counter)
-    misses: list[Miss] = field(default_factory=list)
     rounds: int = 0
+    _misses: dict[tuple[str, int], list[Miss]] = field(default_factory=dict)
+
+    @property
+    def misses(self) -> list[Miss]:
+        return list(dict.fromkeys(m for found in self._misses.values() for m in found))
+
+    def missed(self, rule: str, nid: int, miss: Miss) -> None:
+        found = self._misses.setdefault((rule, nid), [])
+        if miss not in found:
+            found.append(miss)
+
+    def applied(self, rule: str, nid: int) -> None:
+        self.fired[rule] += 1
+        self._misses.pop((rule, nid), None)
 
 
-def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: int = 50) -> RewriteStats:
-    """Apply ``rules`` over the nodes in topological order, round after round, to a fixpoint."""
-    stats = RewriteStats(name)
+def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: int = 50,
+                  stats: RewriteStats | None = None) -> RewriteStats:
+    """Apply ``rules`` over the nodes in topological order, round after round, to a fixpoint;
+    ``stats`` (default: new) carries on the counts and misses of an earlier call."""
+    stats = RewriteStats(name) if stats is None else stats
     by_op: dict[str, list[Rule]] = {}
     generic = [r for r in rules if not r.ops]
     for rule in rules:
@@ -53,19 +76,17 @@ def graph_rewrite(graph: Graph, rules: Sequence[Rule], name: str, max_rounds: in
     for _ in range(max_rounds):
         stats.rounds += 1
         changed = False
-        misses: list[Miss] = []
         for nid in graph.topological_order():
             if not graph.has_node(nid):
                 continue
             for rule in by_op.get(graph.node(nid).op_type, []) + generic:
                 result = rule.apply(graph, nid)
                 if isinstance(result, Miss):
-                    misses.append(result)
+                    stats.missed(rule.name, nid, result)
                 elif result:
-                    stats.fired[rule.name] += 1
+                    stats.applied(rule.name, nid)
                     changed = True
                     break
-        stats.misses = misses
         if not changed:
             return stats
     raise RewriteError(f"rewrite stage {name!r} did not converge in {max_rounds} rounds")

@@ -81,7 +81,8 @@ def test_near_misses_are_shown_only_when_they_left_something_unfused() -> None:
     assert len(report.chains) == 1 and [m.rule for m in report.misses] == ["fold-data-movement"]
     assert "near-miss" not in _printed(print_report, report)
     assert report.to_json()["near_misses"] == [{"rule": "fold-data-movement",
-                                                "reason": "'yy' is not a transpose/reshape of 'xx'"}]
+                                                "reason": "'yy' is not a transpose/reshape of 'xx'",
+                                                "value": "yy"}]
     chain = report.chains[0]
     assert f"{chain.node}" in _printed(print_report, report)
 

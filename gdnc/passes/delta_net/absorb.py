@@ -5,7 +5,9 @@
 - a repeat of the key heads to the value heads (repeat_interleave or tile) -> ``head_map``.
 
 Each walks up from the node's input through single-reader layout ops that commute with the
-folded operation, so the ops removed are used by nothing else.
+folded operation, so the ops removed are used by nothing else. Where a rule finds the op it
+folds but cannot fold it (a per-element scale, one of q and k normalised, repeats that differ)
+it says why with a ``Miss`` naming the fused node and the value.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gdnc.opset.gated_delta_net import (
 )
 from gdnc.passes.data_movement import movement_marker, movement_region
 from gdnc.passes.patterns import ONNX_DOMAINS, axes_of, norm_axes, producer, rank, scalar_const, static_shape
+from gdnc.passes.rewrite import Miss
 
 # ops that commute with multiplying every element by a scalar / normalising the last axis
 _LAYOUT_OPS = ("Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile")
@@ -73,7 +76,7 @@ class AbsorbQScale:
     name: str = "absorb-q-scale"
     ops: tuple[str, ...] = (OP_TYPE,)
 
-    def apply(self, g: Graph, nid: int) -> bool:
+    def apply(self, g: Graph, nid: int) -> bool | Miss:
         node = _fused(g, nid)
         found = None if node is None else _upstream(g, nid, INPUT_INDEX["q"], last_axis=False)
         if node is None or found is None or found[2].op_type not in ("Mul", "Div"):
@@ -85,7 +88,13 @@ class AbsorbQScale:
             x, c = c, x
             factor = scalar_const(g, c)
         scale = attrs_of(node).scale  # type: ignore[arg-type]
-        if factor is None or factor == 0.0 or scale is None:
+        if scale is None:
+            return False
+        scalers = src.inputs[1:] if src.op_type == "Div" else src.inputs
+        if factor is None and any(g.const_value(i) is not None for i in scalers):
+            return Miss(self.name, f"{src.outputs[0]}: q is scaled by a constant that is not one number",
+                        value=src.outputs[0], node=node.name)
+        if factor is None or factor == 0.0:
             return False
         set_attr(node, "scale", scale * factor if src.op_type == "Mul" else scale / factor)
         g.set_input(reader, index, x)
@@ -140,18 +149,25 @@ class AbsorbL2Norm:
     name: str = "absorb-qk-l2norm"
     ops: tuple[str, ...] = (OP_TYPE,)
 
-    def apply(self, g: Graph, nid: int) -> bool:
+    def apply(self, g: Graph, nid: int) -> bool | Miss:
         node = _fused(g, nid)
         if node is None or attrs_of(node).qk_l2norm:
             return False
-        found = []
-        for index in (INPUT_INDEX["q"], INPUT_INDEX["k"]):
+        found = {}
+        for which in ("q", "k"):
+            index = INPUT_INDEX[which]
             up = _upstream(g, nid, index, last_axis=True)
             source = None if up is None else _l2norm_source(g, up[2])
-            if source is None:
-                return False
-            found.append((up[0], up[1], source))  # type: ignore[index]
-        for reader, index, source in found:
+            if up is not None and source is not None:
+                found[which] = (up[0], up[1], source)
+        if len(found) == 1:
+            ((which, (_, _, source)),) = found.items()
+            other = "k" if which == "q" else "q"
+            return Miss(self.name, f"{source}: {which} is l2-normalised but {other} is not",
+                        value=source, node=node.name)
+        if not found:
+            return False
+        for reader, index, source in found.values():
             g.set_input(reader, index, source)
         set_attr(node, "qk_l2norm", 1)
         return True
@@ -187,7 +203,7 @@ class AbsorbHeadRepeat:
     ops: tuple[str, ...] = (OP_TYPE,)
     opset: int = 18
 
-    def apply(self, g: Graph, nid: int) -> bool:
+    def apply(self, g: Graph, nid: int) -> bool | Miss:
         node = _fused(g, nid)
         if node is None:
             return False
@@ -195,8 +211,16 @@ class AbsorbHeadRepeat:
         if None in shapes or shapes[0][-2] != shapes[1][-2]:  # type: ignore[index]
             return False  # already grouped, or shapes unknown
         q, k = (_head_repeat(g, input_of(node, name), self.opset) for name in ("q", "k"))
-        if q is None or k is None or q[1] != k[1] or static_shape(g, q[0]) != static_shape(g, k[0]):
+        if q is None and k is None:
             return False
+        if q is None or k is None:
+            value = input_of(node, "k" if q is None else "q")
+            return Miss(self.name, f"{value}: {'k' if q is None else 'q'} repeats its heads, "
+                                   f"{'q' if q is None else 'k'} does not", value=value, node=node.name)
+        if q[1] != k[1] or static_shape(g, q[0]) != static_shape(g, k[0]):
+            return Miss(self.name, f"{input_of(node, 'q')}: q and k repeat their heads differently "
+                                   f"({q[1]} of {q[0]}, {k[1]} of {k[0]})",
+                        value=input_of(node, "q"), node=node.name)
         set_input_of(g, nid, "q", q[0])
         set_input_of(g, nid, "k", k[0])
         set_attr(node, "head_map", q[1])

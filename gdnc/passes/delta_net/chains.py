@@ -28,14 +28,16 @@ def _check(g: Graph, steps: list[Step]) -> Miss | None:
     for i, (s, nxt) in enumerate(zip(steps, steps[1:])):
         extra = set(g.consumers(s.new)) - s.nodes - nxt.nodes
         if extra:
-            return Miss(RULE, f"step {i}: state {s.new} is also read by node {_reader_names(g, extra)}")
+            who = _reader_names(g, extra)
+            return Miss(RULE, f"step {i}: state {s.new} is also read by node {who}", value=s.new, node=who)
         if g.is_graph_output(s.new):
-            return Miss(RULE, f"step {i}: state {s.new} is a graph output")
+            return Miss(RULE, f"step {i}: state {s.new} is a graph output", value=s.new)
     for i, s in enumerate(steps):
         same = (s.layout, s.per_key, s.gate_is_log, s.rank) == (
             first.layout, first.per_key, first.gate_is_log, first.rank)
         if not same:
-            return Miss(RULE, f"step {i}: layout or gate kind differs from step 0 of its chain")
+            return Miss(RULE, f"step {i}: layout or gate kind differs from step 0 of its chain",
+                        value=s.new)
     return None
 
 
@@ -69,7 +71,7 @@ def find_chains(g: Graph) -> tuple[list[Chain], list[Miss]]:
             run.append(by_prev[run[-1].new])
         refused = _check(g, run)
         if refused is None and run[-1].new in forks:
-            refused = Miss(RULE, f"state {run[-1].new} feeds two steps")
+            refused = Miss(RULE, f"state {run[-1].new} feeds two steps", value=run[-1].new)
         if refused is None:
             chains.append(Chain(tuple(run)))
         else:

@@ -52,7 +52,7 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
     first, last = steps[0], steps[-1]
     batch_dims = first.rank - 3
     if batch_dims > 1:
-        return Miss(FUSE_RULE, f"{last.new}: state has {batch_dims} batch dims (max 1)")
+        return Miss(FUSE_RULE, f"{last.new}: state has {batch_dims} batch dims (max 1)", value=last.new)
     position = max(g.position(n) for s in steps for n in s.nodes)
     o_values = [s.o for s in steps]
     o_meta = [(g.value(v).dtype, g.value(v).shape) for v in o_values]

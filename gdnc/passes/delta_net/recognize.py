@@ -1,7 +1,9 @@
-"""Recognisers for the pieces of one delta-rule step, in any of the spellings we meet.
+"""Recognisers for the pieces of one delta-rule step, in the canonical spellings.
 
 State ``S`` has rank ``r`` (``[*batch, HV, K, V]`` key-major or ``[*batch, HV, V, K]``);
-``axis`` below is the state axis (``r-2`` or ``r-1``) that a vector lies along. Each
+``axis`` below is the state axis (``r-2`` or ``r-1``) that a vector lies along. Contractions
+are the Einsums of :mod:`gdnc.passes.canonicalize` (which runs first); decay and delta are
+Mul with broadcast (Unsqueezed) factors, the gate's Exp before its Unsqueezes. Each
 recogniser returns a small record or None; none of them looks at more than a few nodes.
 """
 
@@ -9,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gdnc.ir.graph import Graph
-from gdnc.passes.patterns import Placed, axes_of, norm_axes, placement, producer, rank
+from gdnc.ir.graph import Graph, Node
+from gdnc.passes.canonicalize import contract_equation, outer_equation
+from gdnc.passes.patterns import placement, producer, rank
 
 
 @dataclass(frozen=True)
@@ -52,87 +55,28 @@ class Delta:
     beta: str
 
 
-def _vector_along(p: Placed | None, axis: int) -> bool:
-    """True when ``p`` is a rank r-1 vector sitting on leading dims + ``axis``."""
-    return p is not None and p.positions == tuple(range(p.rank - 2)) + (axis,)
-
-
-def _einsum_terms(g: Graph, value: str) -> tuple[list[str], list[str], str] | None:
+def _einsum(g: Graph, value: str, *equations: str) -> Node | None:
     node = producer(g, value, "Einsum")
-    if node is None or len(node.inputs) != 2:
-        return None
-    eq = str(node.attr("equation", "")).replace(" ", "")
-    if "->" not in eq or "." in eq:
-        return None
-    lhs, out = eq.split("->")
-    terms = lhs.split(",")
-    return terms, list(node.inputs), out
+    return node if node is not None and node.attr("equation") in equations else None
 
 
 def outer(g: Graph, value: str) -> Outer | None:
+    """``value`` = the canonical outer-product Einsum (``row`` first)."""
     r = rank(g, value)
-    if r is None or r < 3:
-        return None
-    node = producer(g, value, "Mul", "MatMul")
-    if node is not None:
-        a, b = (placement(g, x, r) for x in node.inputs)
-        for row, col in ((a, b), (b, a)) if node.op_type == "Mul" else ((a, b),):
-            if _vector_along(row, r - 2) and _vector_along(col, r - 1):
-                assert row is not None and col is not None
-                return Outer(row.base, col.base)
-        return None
-    parsed = _einsum_terms(g, value)
-    if parsed is None:
-        return None
-    (t0, t1), (x0, x1), out = parsed
-    if len(out) == r and t0 == out[:-2] + out[-2] and t1 == out[:-2] + out[-1]:
-        return Outer(x0, x1)
-    return None
+    node = None if r is None or r < 3 else _einsum(g, value, outer_equation(r))
+    return None if node is None else Outer(node.inputs[0], node.inputs[1])
 
 
 def contract(g: Graph, value: str) -> Contract | None:
-    """``value`` = a contraction of a rank-(r) state with a vector, in rank r-1."""
+    """``value`` = the canonical contraction Einsum of a rank-r state with a vector, in rank r-1."""
     r1 = rank(g, value)
-    if r1 is None:
+    if r1 is None or r1 < 2:
         return None
     r = r1 + 1
-    red = producer(g, value, "ReduceSum")
-    if red is not None:
-        axes = axes_of(g, red)
-        mul = producer(g, red.inputs[0], "Mul")
-        if mul is None or not axes or len(axes) != 1 or red.attr("keepdims", 1) != 0:
-            return None
-        (axis,) = norm_axes(axes, r)
-        for s, x in (mul.inputs, mul.inputs[::-1]):
-            if rank(g, s) == r and _vector_along(placement(g, x, r), axis):
-                return Contract(s, placement(g, x, r).base, axis)  # type: ignore[union-attr]
-        return None
-    sq = producer(g, value, "Squeeze", "Reshape")
-    if sq is not None:
-        mm = producer(g, sq.inputs[0], "MatMul")
-        if mm is None or rank(g, sq.inputs[0]) != r:
-            return None
-        a, b = mm.inputs
-        if rank(g, b) == r and _vector_along(placement(g, a, r), r - 1):
-            # [.., 1, K] @ [.., K, V]: vector lies along the state's r-2 axis
-            pa = placement(g, a, r)
-            if pa is not None and rank(g, pa.base) == r1:
-                return Contract(b, pa.base, r - 2)
-        if rank(g, a) == r and _vector_along(placement(g, b, r), r - 2):
-            pb = placement(g, b, r)
-            if pb is not None and rank(g, pb.base) == r1:
-                return Contract(a, pb.base, r - 1)
-        return None
-    parsed = _einsum_terms(g, value)
-    if parsed is None:
-        return None
-    terms, inputs, out = parsed
-    for (ts, s), (tv, v) in ((zip(terms, inputs)), (zip(terms[::-1], inputs[::-1]))):
-        if len(ts) == r and len(tv) == r1 and len(out) == r1 and ts[:-2] == tv[:-1] == out[:-1]:
-            summed = tv[-1]
-            kept = out[-1]
-            if {summed, kept} == set(ts[-2:]) and summed != kept:
-                return Contract(s, v, r - 2 + ts[-2:].index(summed))
+    for axis in (r - 2, r - 1):
+        node = _einsum(g, value, contract_equation(r, axis))
+        if node is not None:
+            return Contract(node.inputs[0], node.inputs[1], axis)
     return None
 
 

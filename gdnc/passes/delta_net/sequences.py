@@ -76,18 +76,19 @@ def _pool_write(g: Graph, chain: Chain, slot: str) -> tuple[int, int] | Miss:
     last = chain.steps[-1]
     readers = [r for r in g.consumers(last.new) if r not in last.nodes]
     if len(readers) != 1 or g.is_graph_output(last.new):
-        return Miss(RULE, f"{last.new}: the final state is not only written back to the pool")
+        return Miss(RULE, f"{last.new}: the final state is not only written back to the pool", value=last.new)
     up = g.node(readers[0])
     axes = axes_of(g, up) if up.op_type == "Unsqueeze" else None
     if axes is None or norm_axes(axes, last.rank + 1) != [0]:
-        return Miss(RULE, f"{last.new}: the final state is not unsqueezed for a pool write")
+        return Miss(RULE, f"{last.new}: the final state is not unsqueezed for a pool write", value=last.new)
     writes = g.consumers(up.outputs[0])
     node = g.node(writes[0]) if len(writes) == 1 else None
     if node is None or node.op_type != "ScatterND" or node.inputs[2] != up.outputs[0] \
             or node.attr("reduction", "none") != "none":
-        return Miss(RULE, f"{last.new}: the final state is not scattered into a pool")
+        return Miss(RULE, f"{last.new}: the final state is not scattered into a pool", value=last.new)
     if not _indexes_slot(g, node.inputs[1], slot):
-        return Miss(RULE, f"{last.new}: written to another slot than the one it was read from")
+        return Miss(RULE, f"{last.new}: written to another slot than the one it was read from",
+                    value=last.new)
     return readers[0], writes[0]
 
 
@@ -115,18 +116,20 @@ def _rows(g: Graph, members: list[PoolChain]) -> tuple[dict[str, str], list[int]
             for f in FIELDS:
                 found = _scalar_gather(g, getattr(step, f))
                 if found is None:
-                    return Miss(RULE, f"{step.new}: {f} is not a constant row of a packed tensor")
+                    return Miss(RULE, f"{step.new}: {f} is not a constant row of a packed tensor",
+                                value=step.new)
                 if packed.setdefault(f, found[0]) != found[0]:
-                    return Miss(RULE, f"{step.new}: {f} reads {found[0]}, not {packed[f]}")
+                    return Miss(RULE, f"{step.new}: {f} reads {found[0]}, not {packed[f]}", value=step.new)
                 rows.add(found[1])
             if rows != {next_row}:
-                return Miss(RULE, f"{step.new}: reads rows {sorted(rows)}, expected row {next_row}")
+                return Miss(RULE, f"{step.new}: reads rows {sorted(rows)}, expected row {next_row}",
+                            value=step.new)
             next_row += 1
         lengths.append(m.chain.length)
     for f, x in packed.items():
         shape = static_shape(g, x)
         if shape is None or shape[0] != next_row:
-            return Miss(RULE, f"{x}: the sequences cover {next_row} of its rows, not all")
+            return Miss(RULE, f"{x}: the sequences cover {next_row} of its rows, not all", value=x)
     return packed, lengths
 
 
@@ -134,19 +137,22 @@ def _group_miss(g: Graph, members: list[PoolChain]) -> Miss | None:
     first = members[0]
     n = len(members)
     if [m.index for m in members] != list(range(n)) or static_shape(g, first.slots) != (n,):
-        return Miss(RULE, f"{first.slots}: the chains do not read slots 0..{n - 1} of it once each")
+        return Miss(RULE, f"{first.slots}: the chains do not read slots 0..{n - 1} of it once each",
+                    value=first.slots)
     kinds = {(m.chain.steps[0].layout, m.chain.steps[0].per_key, m.chain.steps[0].gate_is_log)
              for m in members}
     if len(kinds) != 1:
-        return Miss(RULE, f"{first.pool}: the sequences' steps differ in layout or gate kind")
+        return Miss(RULE, f"{first.pool}: the sequences' steps differ in layout or gate kind",
+                    value=first.pool)
     data = first.pool
     for m in members:
         node = g.node(m.write)
         if node.inputs[0] != data:
-            return Miss(RULE, f"{node.outputs[0]}: pool writes are not chained in sequence order")
+            return Miss(RULE, f"{node.outputs[0]}: pool writes are not chained in sequence order",
+                        value=node.outputs[0])
         data = node.outputs[0]
         if m is not members[-1] and (len(g.consumers(data)) != 1 or g.is_graph_output(data)):
-            return Miss(RULE, f"{data}: an intermediate pool is read by something else")
+            return Miss(RULE, f"{data}: an intermediate pool is read by something else", value=data)
     return None
 
 

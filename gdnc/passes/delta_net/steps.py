@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gdnc.ir.graph import Graph
 from gdnc.passes.delta_net.recognize import contract, decay, delta, outer
-from gdnc.passes.patterns import producer, rank
+from gdnc.passes.patterns import rank
 from gdnc.passes.rewrite import Miss
 
 RULE = "delta-net-step"
@@ -85,25 +85,27 @@ def match_step(g: Graph, nid: int) -> Step | Miss | None:
         if dl is not None:
             break
     else:
-        return Miss(RULE, f"{new}: an outer-product update whose factors are not k and beta*(v - u)")
+        return Miss(RULE, f"{new}: an outer-product update whose factors are not k and beta*(v - u)",
+                    value=new)
     k_axis = r - 2 if layout == "kv" else r - 1
     u = contract(g, dl.u)
     if u is None:
-        return Miss(RULE, f"{new}: u = {dl.u} is not a contraction of the state with k")
+        return Miss(RULE, f"{new}: u = {dl.u} is not a contraction of the state with k", value=new)
     if u.state != dec_value:
-        return Miss(RULE, f"{new}: u reads {u.state}, not the decayed state {dec_value}")
+        return Miss(RULE, f"{new}: u reads {u.state}, not the decayed state {dec_value}", value=new)
     if u.vec != k:
-        return Miss(RULE, f"{new}: u contracts the state with {u.vec}, the update uses {k}")
+        return Miss(RULE, f"{new}: u contracts the state with {u.vec}, the update uses {k}", value=new)
     if u.axis != k_axis:
-        return Miss(RULE, f"{new}: u = {dl.u} sums the state over the value axis, not the key axis")
+        return Miss(RULE, f"{new}: u = {dl.u} sums the state over the value axis, not the key axis",
+                    value=new)
     dc = decay(g, dec_value)
     if dc is None:
-        return Miss(RULE, f"{new}: the state {dec_value} is not decayed by a gate")
+        return Miss(RULE, f"{new}: the state {dec_value} is not decayed by a gate", value=new)
     if dc.key_axis is not None and dc.key_axis != k_axis:
-        return Miss(RULE, f"{new}: the per-key gate varies along the value axis")
+        return Miss(RULE, f"{new}: the per-key gate varies along the value axis", value=new)
     found = _o_contraction(g, new, k_axis, set())
     if found is None:
-        return Miss(RULE, f"{new}: no single output read o = contract(state, q) over the key axis")
+        return Miss(RULE, f"{new}: no single output read o = contract(state, q) over the key axis", value=new)
     o, q = found
     boundary = {dc.prev, q, k, dl.v, dc.gate, dl.beta}
     nodes = _step_nodes(g, [new, o], boundary)
@@ -114,11 +116,10 @@ def match_step(g: Graph, nid: int) -> Step | Miss | None:
             for reader in g.consumers(value):
                 if reader not in nodes:
                     who = g.node(reader).name or g.node(reader).op_type
-                    return Miss(RULE, f"{new}: intermediate {value} is also read by node {who}")
+                    return Miss(RULE, f"{new}: intermediate {value} is also read by node {who}", value=value,
+                                node=who)
             if g.is_graph_output(value):
-                return Miss(RULE, f"{new}: intermediate {value} is a graph output")
-    if producer(g, o, "ReduceSum", "Squeeze", "Reshape", "Einsum") is None:
-        return None
+                return Miss(RULE, f"{new}: intermediate {value} is a graph output", value=value)
     return Step(
         prev=dc.prev, new=new, o=o, q=q, k=k, v=dl.v, gate=dc.gate, beta=dl.beta,
         gate_is_log=dc.is_log, per_key=dc.key_axis is not None, layout=layout, rank=r,
