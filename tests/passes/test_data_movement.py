@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gdnc.ir.builder import FLOAT, Emit
+from gdnc.ir.builder import FLOAT, GraphBuilder
 from gdnc.ir.graph import Graph
 from gdnc.passes.data_movement import FoldDataMovement
 from gdnc.passes.rewrite import Miss, graph_rewrite
@@ -12,9 +12,9 @@ from gdnc.passes.shapes import infer_shapes
 from gdnc.runtime.executor import Executor
 
 
-def _graph(rows: list[int]) -> tuple[Graph, Emit]:
+def _graph(rows: list[int]) -> tuple[Graph, GraphBuilder]:
     """out = Concat of x[r][None] for r in ``rows`` (x [4, 3])."""
-    e = Emit("move")
+    e = GraphBuilder.new("move")
     x = e.input("x", FLOAT, [4, 3])
     e.output(e.concat([e.unsqueeze(e.gather(x, r, 0), 0) for r in rows], 0), "out")
     model = e.model()

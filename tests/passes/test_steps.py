@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gdnc.ir.builder import FLOAT, Emit
+from gdnc.ir.builder import FLOAT, GraphBuilder
 from gdnc.ir.graph import Graph
 from gdnc.passes.canonicalize import canonicalize
 from gdnc.passes.delta_net.chains import find_chains
@@ -53,7 +53,7 @@ def test_an_intermediate_read_outside_names_the_value_and_node() -> None:
 
 def _two_steps(extra_reader: bool) -> Graph:
     """Two HF-spelled steps chained through their states; optionally S1 also feeds ReduceMax."""
-    e = Emit("two")
+    e = GraphBuilder.new("two")
     state = e.input("S", FLOAT, [2, 3, 4, 5])
     for t in range(2):
         q, k = (e.input(f"{n}{t}", FLOAT, [2, 3, 4]) for n in ("q", "k"))
