@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.frontends.gguf_rewrite import rewrite
 
+from corpus.gguf_rewrite import rewrite
 from gdnc.errors import ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models import registry
