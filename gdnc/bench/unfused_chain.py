@@ -1,5 +1,5 @@
 """The unfused per-token delta-net chain, as the unfused graph of a GGUF model spells it
-(``hybrid_graph.delta_net_layer``: per sequence a Gather of its state row, a dozen small ops per
+(``models.qwen_hybrid.graph.delta_net_layer``: per sequence a Gather of its state row, a dozen small ops per
 token, a ScatterND back), alone in a graph and run by gdnc's executor: what the fusion pass
 replaces by one GatedDeltaNet node."""
 

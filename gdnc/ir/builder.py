@@ -112,10 +112,13 @@ class GraphBuilder:
         if outputs is None:
             base = f"{self.prefix}{hint or op_type.lower()}"
             outputs = [self.fresh(base) for _ in range(n_out)]
-        node = Node(op_type, list(inputs), list(outputs), domain=domain, name=name,
-                    attrs=_attrs(attrs))
-        self.graph.add_node(node, self.position)
+        self.add(Node(op_type, list(inputs), list(outputs), domain=domain, name=name, attrs=_attrs(attrs)))
         return list(outputs)
+
+    def add(self, node: Node) -> int:
+        """Insert a ready ``node`` (e.g. a contract's ``fused_node``) at the builder's position;
+        its id."""
+        return self.graph.add_node(node, self.position)
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, hint: str | None = None,
            domain: str = "", name: str = "", **attrs: object) -> str:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gdnc.ir.graph import Graph, Node, make_attrs
+from gdnc.ir.builder import GraphBuilder
+from gdnc.ir.graph import Graph, Node
 from gdnc.passes.patterns import Placed, axes_of, norm_axes, op_is, placement, rank, shape_of
 from gdnc.passes.rewrite import RewriteStats, graph_rewrite
 
@@ -157,8 +158,8 @@ def _rewrite(g: Graph, value: str, found: Spelled) -> bool:
         return False
     position = g.position(found.nodes[0])
     g.remove_node(found.nodes[0])
-    g.add_node(Node("Einsum", list(found.operands), [value], name=head.name,
-                    attrs=make_attrs(equation=found.equation)), position)
+    GraphBuilder(g, position=position).op("Einsum", *found.operands, out=value, name=head.name,
+                                          equation=found.equation)
     _drop_unread(g, head.inputs, set(found.nodes[1:]))
     return True
 
@@ -247,11 +248,11 @@ class UnaryBeforeShapeOp:
         position = g.position(mid)
         g.remove_node(nid)
         g.remove_node(mid)
-        early = g.fresh_name(f"{source}_{unary.op_type.lower()}")
-        g.value(early).dtype, g.value(early).shape = g.value(out).dtype, shape_of(g, source)
-        g.add_node(Node(unary.op_type, [source], [early], attrs=unary.attrs, name=unary.name), position)
-        g.add_node(Node(shape_op.op_type, [early, *shape_op.inputs[1:]], [out], attrs=shape_op.attrs,
-                        name=shape_op.name), position)
+        b = GraphBuilder(g, position=position)
+        early = b.typed(b.fresh(f"{source}_{unary.op_type.lower()}"), g.value(out).dtype, shape_of(g, source))
+        b.add(Node(unary.op_type, [source], [early], attrs=unary.attrs, name=unary.name))
+        b.add(Node(shape_op.op_type, [early, *shape_op.inputs[1:]], [out], attrs=shape_op.attrs,
+                   name=shape_op.name))
         return True
 
 

@@ -120,7 +120,7 @@ def test_tokenizer_round_trips(models, arch):
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_unfused_graph_builds(models, arch, variant):
-    # hybrid_graph's Composition is being changed to per-sequence lengths; accept either form
+    # the graph's Composition is being changed to per-sequence lengths; accept either form
     comp = Composition.of(3) if hasattr(Composition, "of") else Composition(3)
     model = build_unfused(GgufFile(models[arch, variant]), comp)
     assert isinstance(model, Model)

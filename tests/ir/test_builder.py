@@ -150,8 +150,10 @@ def test_nodes_land_at_the_position_given() -> None:
     b = GraphBuilder(g, position=g.position(first))
     c = b.op("Relu", "x", out="c", name="placed")
     assert c == "c"
+    ready = b.add(Node("Sigmoid", ["x"], ["d"], name="ready"))
     order = [n.op_type for _, n in g.nodes()]
-    assert order.index("Relu") < order.index("Exp")
+    assert order.index("Relu") < order.index("Exp") and order.index("Sigmoid") < order.index("Exp")
+    assert g.node(ready).name == "ready" and g.producer("d") == ready
 
 
 def test_subgraph_builders_make_a_loop_onnx_runs() -> None:

@@ -72,9 +72,9 @@ def fuse_chain(g: Graph, chain: Chain, opset: int, name: str) -> ChainInfo | Mis
         state = state and b.unsqueeze(state, 0)
         final = b.fresh(f"{name}_state")
     o_full = b.fresh(f"{name}_o")
-    g.add_node(fused_node({"q": q, "k": k, "v": v, "g": gate, "beta": beta, "state": state},
-                          {"o": o_full, "final_state": final},
-                          GdnAttrs(scale=1.0, state_layout=first.layout), name), position)
+    b.add(fused_node({"q": q, "k": k, "v": v, "g": gate, "beta": beta, "state": state},
+                     {"o": o_full, "final_state": final},
+                     GdnAttrs(scale=1.0, state_layout=first.layout), name))
     if batch_dims == 0:
         b.typed(final, state_meta[0], None if state_meta[1] is None else (1, *state_meta[1]))
         b.squeeze(final, [0], out=last.new)

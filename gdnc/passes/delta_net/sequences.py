@@ -206,7 +206,7 @@ def fuse_group(g: Graph, members: list[PoolChain], name: str) -> tuple[Node, lis
                        "state_in_index": slots, "state_out_index": slots},
                       {"o": o, "final_state": pool_out},
                       GdnAttrs(scale=1.0, state_layout=first.layout), name)
-    g.add_node(node, position)
+    b.add(node)
     b.typed(o, g.value(packed["v"]).dtype, static_shape(g, packed["v"]))
     b.typed(pool_out, *meta[pool_out])
     for r, s in enumerate(steps):
