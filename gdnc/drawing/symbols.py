@@ -8,6 +8,8 @@ layout ops (Unsqueeze, Reshape ...) passing their input's symbol through.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from gdnc.ir.graph import Graph, Node
 from gdnc.passes.delta_net.recognize import delta, outer
 from gdnc.passes.delta_net.steps import Step
@@ -41,12 +43,18 @@ def _symbols(g: Graph, step: Step) -> tuple[dict[str, str], str]:
 
 
 class StepLabels:
-    """Labels of one step's ops: ``label(node)`` is ``"δ = (v − u)·β"`` or ``"k ⊗ δ"``."""
+    """Labels of one step's ops: ``label(node)`` is ``"δ = (v − u)·β"`` or ``"k ⊗ δ"``.
 
-    def __init__(self, g: Graph, step: Step) -> None:
-        self._g = g
-        self._step = step
+    The symbols are those the matcher names in ``g``; the ops labelled are ``nodes`` of
+    ``spelled`` (default: ``step``'s own nodes in ``g``), e.g. the same step as the user's file
+    spells it, before canonicalisation (which keeps the value names the symbols stand for).
+    """
+
+    def __init__(self, g: Graph, step: Step, spelled: Graph | None = None,
+                 nodes: Collection[int] | None = None) -> None:
         self._symbols, self._outer = _symbols(g, step)
+        self._g = g if spelled is None else spelled
+        self._nodes = set(step.nodes if nodes is None else nodes)
 
     def label(self, node: Node) -> str:
         expr = self._expr(node)
@@ -57,7 +65,7 @@ class StepLabels:
         if value in self._symbols:
             return self._symbols[value]
         node = self._g.producer_node(value)
-        if node is None or self._g.producer(value) not in self._step.nodes:
+        if node is None or self._g.producer(value) not in self._nodes:
             return value
         return self._expr(node)
 
