@@ -49,8 +49,8 @@ def convert(
         "native", help="native (ai.gdnc node + function body) or ort (LinearAttention)"),
     report: Path | None = typer.Option(None, help="also write the report as JSON here"),
     dump_after: str | None = typer.Option(
-        None, help="write the graph after this stage (shapes, fold-constants, shapes-2, fuse, simplify, "
-                   "shapes-3)"),
+        None, help="write the graph after this stage (shapes, fold-constants, shapes-2, canonicalize, fuse, "
+                   "simplify, shapes-3)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     unfused: bool = typer.Option(False, "--unfused", help="GGUF: write the unfused graph of one batch"),

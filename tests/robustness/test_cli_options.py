@@ -82,8 +82,8 @@ def test_prompt_sources(tmp_path) -> None:
 def test_an_unknown_dump_after_stage_writes_nothing(tmp_path) -> None:
     out = tmp_path / "out.onnx"
     check("--dump-after nope", ["convert", ONNX, "-o", out, "--dump-after", "fusee"],
-          "there is no stage 'fusee'; the stages are shapes, fold-constants, shapes-2, fuse, simplify, "
-          "shapes-3")
+          "there is no stage 'fusee'; the stages are shapes, fold-constants, shapes-2, canonicalize, fuse, "
+          "simplify, shapes-3")
     assert list(tmp_path.iterdir()) == []
 
 
