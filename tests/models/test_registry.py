@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from corpus.gguf_rewrite import rewrite
-from gdnc.errors import ModelLoadError
+from gdnc.errors import InputError, ModelLoadError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models import registry
 from gdnc.models.family import Family
@@ -61,11 +61,19 @@ def test_another_family_gets_its_files(tmp_path, monkeypatch):
     other = Family("other", ("llama",), load)
     monkeypatch.setattr(registry, "FAMILIES", (QWEN_HYBRID, other))
     assert registry.supported_architectures() == (*ARCHS, "llama")
-    assert registry.open_gguf(str(path), device="cuda") == "model"
+    assert registry.open_gguf(str(path), fused=False, prefill_chunk=7) == "model"
     ((got_path, got_file, fused, device, chunk),) = opened
-    assert (got_path, got_file.path, fused, device, chunk) == (str(path), path, True, "cuda", None)
+    assert (got_path, got_file.path, fused, device, chunk) == (str(path), path, False, "cpu", 7)
     with pytest.raises(ModelLoadError, match="architecture 'llama' is not a qwen_hybrid model"):
         hybrid_config(GgufFile(path))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"prefill_chunk": 0}, "prefill chunk must be >= 1"), ({"device": "tpu"}, "is not a device name")])
+def test_options_are_checked_before_the_file_is_read(tmp_path, options, message):
+    """As before families existed: a bad option is reported even when the file is bad too."""
+    with pytest.raises(InputError, match=message):
+        registry.open_gguf(str(tmp_path / "missing.gguf"), **options)
 
 
 def test_registry_import_is_cheap():
