@@ -4,8 +4,11 @@ Fused (default): the graph the gdnc runtime runs (``gdnc.models.qwen_hybrid.mode
 multi-sequence ``GatedDeltaNet`` node per recurrent layer, any batch composition, the batch
 layout given by ``cu_seqlens``), with the nodes of ``target`` emitted (native: function
 bodies). Unfused: ``build_unfused`` for ONE batch of the given token counts (standard ops only).
-Inputs and outputs: ``gdnc.models.qwen_hybrid.graph``. Weights go to a data file beside the output
-(relative location, ``OUT.<8 hex>.data``); both are written atomically (``save_onnx``).
+Inputs and outputs: ``gdnc.models.qwen_hybrid.graph``; how to compute them: docs/gguf-onnx.md.
+Each weight is stored in its type's ONNX form, its values exactly the file's
+(``gdnc.models.onnx_weight_forms``), streamed into a data file beside the output (relative
+location, ``OUT.<8 hex>.data``) one tensor at a time; both are written atomically
+(``save_onnx``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from gdnc.commands import command_files
 from gdnc.errors import InputError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.to_onnx import external_data_files, save_onnx
+from gdnc.models.onnx_weights import store_weights
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.models.qwen_hybrid.model import build_fused
@@ -55,13 +59,12 @@ def export_gguf(path: str | Path, output: str | Path, *, unfused: bool,
     inputs = command_files.check(models=[src], outputs=[dst])
     f = GgufFile(src)
     cfg = hybrid_config(f)
-    if unfused:
-        model = build_unfused(f, Composition(lengths), cfg)
-    else:
-        model = build_fused(f, cfg)
+    model = build_unfused(f, Composition(lengths), cfg) if unfused else build_fused(f, cfg)
+    weights = store_weights(f, model)  # first: the opset it raises is the function bodies' too
+    if not unfused:
         emit_target(model, target)
     with keeping(inputs):
-        save_onnx(model, dst, external_data=True)
+        save_onnx(model, dst, external_data=True, bound=weights)
     ops = model.graph.op_histogram()
     data = external_data_files(dst)
     return {

@@ -1,4 +1,5 @@
-"""Read a GGUF file: metadata as Python values, tensors dequantized to float32 numpy.
+"""Read a GGUF file: metadata as Python values, tensors as their raw bytes (``raw``, zero-copy)
+or dequantized to float32 numpy (``tensor``).
 
 Shapes are numpy order (ggml's ``ne`` reversed), as the ``gguf`` package returns them. The
 file's structure is checked by ``gguf_validate`` before the ``gguf`` package parses it. Every
@@ -122,11 +123,9 @@ class GgufFile:
         t = self._tensors.get(name)
         return None if t is None else _numpy_shape(t)
 
-    def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """Tensor ``name`` as float32 in numpy order, checked against ``shape`` when given.
-
-        Dequantized once per file and kept (read-only): every graph built from the file (one
-        per unfused batch composition) shares the arrays."""
+    def check_tensor(self, name: str, shape: tuple[int, ...] | None = None) -> ReaderTensor:
+        """Tensor ``name``'s entry (nothing read); ModelLoadError when it is missing, of a quant
+        type we cannot read, or of another shape (numpy order) than ``shape``."""
         t = self._tensors.get(name)
         if t is None:
             raise ModelLoadError(f"{self.path}: tensor {name!r} is missing")
@@ -138,6 +137,27 @@ class GgufFile:
         if shape is not None and dims != tuple(shape):
             raise ModelLoadError(
                 f"{self.path}: tensor {name!r} has shape {list(dims)}, expected {list(shape)}")
+        return t
+
+    def tensor_nbytes(self, name: str) -> int:
+        """Bytes of tensor ``name`` in the file."""
+        return int(self._tensors[name].n_bytes)
+
+    def raw(self, name: str) -> tuple[np.ndarray, str, tuple[int, ...]]:
+        """Tensor ``name`` as the file holds it: its bytes (a read-only uint8 view of the memory
+        map, nothing copied), its ggml type name and its shape in numpy order."""
+        t = self.check_tensor(name)
+        data = np.asarray(t.data)
+        return data.reshape(-1).view(np.uint8), GGMLQuantizationType(t.tensor_type).name, _numpy_shape(t)
+
+    def tensor(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Tensor ``name`` as float32 in numpy order, checked against ``shape`` when given.
+
+        Dequantized once per file and kept (read-only): for the few small tensors read as
+        values (the graphs hold weights as inputs, ``raw`` binds them)."""
+        t = self.check_tensor(name, shape)
+        qtype = GGMLQuantizationType(t.tensor_type)
+        dims = _numpy_shape(t)
         if name not in self._dequantized:
             try:  # garbage scales may overflow: the values are the file's, not an error
                 with np.errstate(over="ignore", invalid="ignore"):

@@ -185,14 +185,24 @@ class GraphBuilder:
         """x @ w.T for a weight stored [out, in] (numpy order of a GGUF matrix)."""
         return self.op("MatMul", x, self.weight(name, np.asarray(w).T))
 
+    def linear(self, x: str, w: str, rank: int = 2) -> str:
+        """x @ W^T for a weight value ``w`` of ``rank`` stored [..., out, in] (numpy order of a
+        GGUF matrix), spelled ``MatMul(x, Transpose(w))`` (rank 3: a stack of matrices, the
+        result [n, ..., out])."""
+        perm = [*range(rank - 2), rank - 1, rank - 2]
+        return self.op("MatMul", x, self.op("Transpose", w, perm=perm))
+
     def silu(self, x: str) -> str:
         return self.op("Mul", x, self.op("Sigmoid", x))
 
-    def rms_norm(self, x: str, weight: np.ndarray | None, eps: float, name: str) -> str:
-        """x / sqrt(mean(x², last axis) + eps) * weight."""
+    def rms_norm(self, x: str, weight: str | np.ndarray | None, eps: float, name: str) -> str:
+        """x / sqrt(mean(x², last axis) + eps) * weight (a value name, or an array made the
+        initializer ``name``)."""
         ms = self.reduce("ReduceMean", self.op("Mul", x, x), -1)
         y = self.op("Div", x, self.op("Sqrt", self.op("Add", ms, self.float_const(eps))))
-        return y if weight is None else self.op("Mul", y, self.weight(name, weight))
+        if weight is None:
+            return y
+        return self.op("Mul", y, weight if isinstance(weight, str) else self.weight(name, weight))
 
     def l2_norm(self, x: str, eps: float) -> str:
         """x / sqrt(sum(x², last axis) + eps), as HF's l2norm."""

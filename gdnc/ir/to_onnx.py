@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import glob
+import math
 import re
 import secrets
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import _get_all_tensors, set_external_data, uses_external_data
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from gdnc import progress
 from gdnc.atomic import Replacement, writes_in_place
@@ -19,6 +23,8 @@ from gdnc.ir.graph import Attr, Graph, Model, Value
 
 _A = onnx.AttributeProto
 EXTERNAL_DATA_THRESHOLD = 1024  # bytes; smaller tensors stay inside the .onnx file
+Produce = Callable[[], np.ndarray]  # the values of a bound input (``save_onnx``)
+Source = tuple[onnx.TensorProto, Callable[[], bytes | memoryview]]  # a tensor and its bytes
 
 
 def _set_fields(**fields: Any) -> dict[str, Any]:
@@ -43,6 +49,18 @@ def model_to_proto(model: Model) -> onnx.ModelProto:
     proto.functions.extend(model.functions)
     proto.training_info.extend(model.training_info)
     proto.configuration.extend(model.configuration)
+    return proto
+
+
+def proto_with_value_info(model: Model) -> onnx.ModelProto:
+    """``model_to_proto`` that also lists the type and shape of every node output the IR knows
+    (the IR's own ``value_info`` names only those the source file listed)."""
+    proto = model_to_proto(model)
+    g = model.graph
+    listed = set(g.inputs) | set(g.outputs) | set(g.value_info)
+    proto.graph.value_info.extend(
+        value_to_proto(v) for name, v in g.values.items()
+        if name not in listed and g.producer(name) is not None and (v.dtype or v.shape is not None))
     return proto
 
 
@@ -128,7 +146,8 @@ def attr_to_proto(name: str, attr: Attr) -> onnx.AttributeProto:
     return ap
 
 
-def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data: bool | None = None) -> Path:
+def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data: bool | None = None,
+              bound: Mapping[str, Produce] | None = None) -> Path:
     """Write ``model`` to ``path`` through ``gdnc.atomic.Replacement``: whenever the writing
     stops (an error, SIGINT, SIGKILL), ``path`` is the previous model, data file included, or
     the new one, complete.
@@ -139,33 +158,90 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | Path, *, external_data
     inline. The data file goes into place before the model that refers to it; once the model
     is in place, the data file of the previous model is removed if it is one of these (same
     folder, that naming), not the new one, and no input of the run (``gdnc.atomic.keeping``).
+
+    ``bound`` names graph inputs to write as initializers instead (of the type and the shape,
+    all ints, the input declares), each with a function making its values: called once each,
+    one after another while the file is written, the array written and let go (every bound
+    tensor goes to the data file, whatever its size). So a model's weights need never all be
+    in memory, nor ever in the ModelProto.
     """
     path = Path(path)
     with progress.step(f"writing {path.name}"):
-        _save(model, path, external_data)
+        _save(model, path, external_data, bound or {})
     return path
 
 
-def _save(model: Model | onnx.ModelProto, path: Path, external_data: bool | None) -> None:
+def _save(model: Model | onnx.ModelProto, path: Path, external_data: bool | None,
+          bound: Mapping[str, Produce]) -> None:
     proto = model_to_proto(model) if isinstance(model, Model) else model
+    if proto is model and bound:  # the caller's message stays as it was
+        proto = _copy(proto)
+    placeholders = _bind(proto, bound)
     if external_data is None:
-        external_data = proto.ByteSize() > 1_500_000_000
+        external_data = proto.ByteSize() + sum(_nbytes(t) for t in placeholders) > 1_500_000_000
     external_data = external_data and not writes_in_place(path)  # no data file beside a stream
+    if proto is model and external_data:
+        proto = _copy(proto)
+    sources: list[Source] = [(t, _producer(t, bound[t.name])) for t in placeholders]
     data = None
     if external_data:
-        if proto is model:  # the caller's message stays as it was
-            proto = _copy(proto)
-        data = _mark_external(proto, path)
+        data = _new_data_file(path)
+        sources = [(t, partial(_raw_data, t)) for t in _mark_external(proto, data.name)] + sources
+        data = data if sources else None
+    else:
+        for tensor, produce in sources:
+            tensor.raw_data = bytes(produce())
     with Replacement(path, new_files=[] if data is None else [data]) as rep:
         rep.remove_on_commit(*(f for f in _own_data_files(path) if f != data))
         if data is not None:
-            _write_external(proto, rep.temp(data), data.name)
+            _write_external(sources, rep.temp(data), data.name)
         try:
             serialized = proto.SerializeToString()
         except ValueError as exc:  # over protobuf's 2 GiB
             raise GdncError(f"cannot write {path}: {exc}") from exc
         with rep.open(path) as fh:
             fh.write(serialized)
+
+
+def _bind(proto: onnx.ModelProto, bound: Mapping[str, Produce]) -> list[onnx.TensorProto]:
+    """Turn the graph inputs of ``proto`` named in ``bound`` into initializers holding no data
+    yet (their type and shape declared); those initializers."""
+    inputs = {vi.name: vi for vi in proto.graph.input}
+    unknown = [name for name in bound if name not in inputs]
+    if unknown:
+        raise GdncError(f"cannot bind {unknown[0]!r}: the model has no such input")
+    kept = [vi for vi in proto.graph.input if vi.name not in bound]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    placeholders = []
+    for name in bound:
+        tensor_type = inputs[name].type.tensor_type
+        dims = tensor_type.shape.dim
+        if not tensor_type.HasField("shape") or not all(d.HasField("dim_value") for d in dims):
+            raise GdncError(f"cannot bind {name!r}: its shape is not all known ints")
+        placeholders.append(proto.graph.initializer.add(
+            name=name, data_type=tensor_type.elem_type, dims=[d.dim_value for d in dims]))
+    return placeholders
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of the values of ``tensor``'s type and shape."""
+    return math.prod(tensor.dims) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _producer(tensor: onnx.TensorProto, produce: Produce) -> Callable[[], memoryview]:
+    """``produce``, its array checked against ``tensor``'s size and given as bytes."""
+    def checked() -> memoryview:
+        array = np.ascontiguousarray(produce())
+        if array.nbytes != _nbytes(tensor):
+            raise GdncError(f"cannot write {tensor.name!r}: {array.nbytes} bytes made for "
+                            f"{_nbytes(tensor)} (type {tensor.data_type}, shape {list(tensor.dims)})")
+        return array.reshape(-1).view(np.uint8).data
+    return checked
+
+
+def _raw_data(tensor: onnx.TensorProto) -> bytes:
+    return tensor.raw_data
 
 
 def external_data_files(path: str | Path) -> list[Path]:
@@ -196,29 +272,35 @@ def _own_data_files(path: Path) -> list[Path]:
     return [f for f in external_data_files(path) if f == path.parent / f.name and own.fullmatch(f.name)]
 
 
-def _mark_external(proto: onnx.ModelProto, path: Path) -> Path | None:
-    """Mark the initializers >= 1 KiB of ``proto`` as kept in a new data file for ``path``;
-    that file's path, or None if no tensor is that large."""
+def _new_data_file(path: Path) -> Path:
+    """A data file name for this write of ``path`` that is not in use."""
     while True:
         data = path.with_name(f"{path.name}.{secrets.token_hex(4)}.data")
         if not data.exists():
-            break
+            return data
+
+
+def _mark_external(proto: onnx.ModelProto, location: str) -> list[onnx.TensorProto]:
+    """Mark the initializers of ``proto`` holding >= 1 KiB of raw data as kept in ``location``;
+    those tensors."""
     onnx.external_data_helper.convert_model_to_external_data(
-        proto, all_tensors_to_one_file=True, location=data.name, size_threshold=EXTERNAL_DATA_THRESHOLD)
-    marked = any(uses_external_data(t) and t.HasField("raw_data") for t in _get_all_tensors(proto))
-    return data if marked else None
+        proto, all_tensors_to_one_file=True, location=location, size_threshold=EXTERNAL_DATA_THRESHOLD)
+    return [t for t in _get_all_tensors(proto) if uses_external_data(t) and t.HasField("raw_data")]
 
 
-def _write_external(proto: onnx.ModelProto, file: Path, location: str) -> None:
-    """Move the raw data of the tensors marked external into ``file``, one after another, each
-    tensor then pointing at its bytes in ``location``."""
+def _write_external(sources: list[Source], file: Path, location: str) -> None:
+    """Write the bytes of each tensor (from its function, called then and let go) into ``file``,
+    one after another, each tensor then pointing at its bytes in ``location`` (raw data
+    cleared)."""
     with open(file, "wb") as fh:
-        for tensor in _get_all_tensors(proto):
-            if uses_external_data(tensor) and tensor.HasField("raw_data"):
-                offset = fh.tell()
-                fh.write(tensor.raw_data)
-                set_external_data(tensor, location, offset, len(tensor.raw_data))
-                tensor.ClearField("raw_data")
+        for tensor, produce in sources:
+            offset = fh.tell()
+            fh.write(produce())
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", location), ("offset", offset), ("length", fh.tell() - offset)):
+                tensor.external_data.add(key=key, value=str(value))
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

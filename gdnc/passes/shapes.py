@@ -6,7 +6,7 @@ import onnx
 
 from gdnc.ir.from_onnx import value_from_proto
 from gdnc.ir.graph import Model
-from gdnc.ir.to_onnx import model_to_proto, value_to_proto
+from gdnc.ir.to_onnx import proto_with_value_info
 
 
 def infer_shapes(model: Model) -> int:
@@ -14,13 +14,8 @@ def infer_shapes(model: Model) -> int:
 
     Known information is never replaced by less (a rank-less inference keeps what we had).
     """
-    proto = model_to_proto(model)
+    proto = proto_with_value_info(model)
     g = model.graph
-    listed = set(g.inputs) | set(g.outputs) | set(g.value_info)
-    proto.graph.value_info.extend(
-        value_to_proto(v) for name, v in g.values.items()
-        if name not in listed and g.producer(name) is not None and (v.dtype or v.shape is not None)
-    )
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is best effort; unknown shapes stay unknown

@@ -10,7 +10,7 @@ the batch (name + ``.out``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +28,14 @@ Feeds = Callable[[StatePool, list[Entry], bool], dict[str, np.ndarray]]
 Graphs = Callable[[tuple[int, ...]], Executor]
 
 
-def pooled_executor(model: Model, device: str | torch.device) -> Executor:
+def pooled_executor(model: Model, device: str | torch.device,
+                    bound: Mapping[str, object] | None = None) -> Executor:
     """An executor of a batch graph that may update its pool inputs (those with a ``.out``
-    output) in place: ``BatchRunner`` replaces them by their ``.out`` outputs."""
+    output) in place: ``BatchRunner`` replaces them by their ``.out`` outputs. ``bound``: the
+    values of its weight inputs (``Executor``)."""
     graph = model.graph
-    return Executor(model, device, donate=[n for n in graph.inputs if f"{n}.out" in graph.outputs])
+    return Executor(model, device, donate=[n for n in graph.inputs if f"{n}.out" in graph.outputs],
+                    bound=bound)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,14 +64,15 @@ class GraphRunner:
     """A compiled plan for one graph (the main graph or a subgraph)."""
 
     def __init__(self, graph: Graph, opsets: Mapping[str, int], device: torch.device,
-                 donate: Iterable[str] = ()) -> None:
+                 donate: Iterable[str] = (), bound: Mapping[str, object] | None = None) -> None:
         self.graph = graph
         self.device = device
         order = graph.topological_order()
         reads = [graph.reads(nid) for nid in order]
         read = {name for names in reads for name in names} | set(graph.outputs)
         host = {name: _initializer(name, t) for name, t in graph.initializers.items() if name in read}
-        self.constants = {name: t.to(device) for name, t in host.items()}
+        self.constants: dict[str, object] = {name: t.to(device) for name, t in host.items()}
+        self.constants.update(bound or {})
         last_use = {name: i for i, names in enumerate(reads) for name in names}
         keep = set(graph.outputs) | set(self.constants)
         donate = {n for n in donate if n in graph.inputs and n not in keep}
@@ -109,7 +111,7 @@ class GraphRunner:
     def run(
         self, feeds: Mapping[str, torch.Tensor], outer: Mapping[str, torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
-        env: dict[str, torch.Tensor] = dict(outer or {})
+        env: dict[str, Any] = dict(outer or {})  # tensors, and bound weights (``PackedWeight``)
         env.update(self.constants)
         env.update(feeds)
         for step in self.steps:
@@ -147,15 +149,19 @@ class Executor:
     in place (a state pool written back by ScatterND or a GatedDeltaNet node), so the caller
     must not read them afterwards, only the outputs."""
 
-    def __init__(self, model: Model, device: str | torch.device = "cpu", donate: Iterable[str] = ()) -> None:
+    def __init__(self, model: Model, device: str | torch.device = "cpu", donate: Iterable[str] = (),
+                 bound: Mapping[str, object] | None = None) -> None:
+        """``bound``: values of graph inputs given once, on ``device`` (a model's weights: tensors,
+        or ``PackedWeight`` for the ``ai.gdnc`` ops that read them); they are no feeds."""
         self.model = model
         self.device = runtime_device(device)
-        self.runner = GraphRunner(model.graph, model.opset_imports, self.device, donate)
+        self.bound = frozenset(bound or ())
+        self.runner = GraphRunner(model.graph, model.opset_imports, self.device, donate, bound)
 
     @property
     def input_names(self) -> list[str]:
         g = self.model.graph
-        return [n for n in g.inputs if n not in g.initializers]
+        return [n for n in g.inputs if n not in g.initializers and n not in self.bound]
 
     def _feed(self, name: str, value: np.ndarray | torch.Tensor) -> torch.Tensor:
         spec = self.model.graph.value(name)

@@ -1,10 +1,15 @@
-"""Registers the fused ``ai.gdnc::GatedDeltaNet`` op (and ORT's LinearAttention) with the runtime."""
+"""Registers the ``ai.gdnc`` ops (the fused GatedDeltaNet, Linear and Embed over weights as the
+file holds them) and ORT's LinearAttention with the runtime."""
 
 from __future__ import annotations
 
+import torch
+
 from gdnc.errors import UnsupportedOpError
 from gdnc.lowering.gated_delta_net.api import run_fused_node
+from gdnc.lowering.quant.packed import PackedWeight, embed, linear
 from gdnc.opset.gated_delta_net import DOMAIN, INPUT_INDEX, INPUTS, OP_TYPE, GdnAttrs, by_position
+from gdnc.opset.packed_weights import EMBED, LINEAR
 from gdnc.opset.registry import OpContext, register
 
 
@@ -13,6 +18,22 @@ def gated_delta_net(ctx: OpContext, inputs: list) -> list:
     """The fused node, through the best available kernel (see ``gdnc.lowering.gated_delta_net``)."""
     return run_fused_node(inputs, GdnAttrs.from_onnx(dict(ctx.attrs)), ctx.num_outputs,
                           in_place=INPUT_INDEX["state"] in ctx.donated)
+
+
+@register(LINEAR, domain=DOMAIN)
+def packed_linear(ctx: OpContext, inputs: list) -> list:
+    """x @ W^T over a weight bound as the file holds it (or a plain float tensor)."""
+    x, w = inputs
+    if isinstance(w, PackedWeight):
+        return [linear(x, w)]
+    return [torch.matmul(x, w.transpose(-1, -2))]
+
+
+@register(EMBED, domain=DOMAIN)
+def packed_embed(ctx: OpContext, inputs: list) -> list:
+    """Rows ``ids`` of a weight bound as the file holds it (or a plain float tensor)."""
+    w, ids = inputs
+    return [embed(w, ids) if isinstance(w, PackedWeight) else w[ids]]
 
 
 @register("LinearAttention", domain="com.microsoft")

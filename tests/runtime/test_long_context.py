@@ -201,7 +201,7 @@ def test_the_scheduler_feeds_a_long_prompt_in_chunks_by_default(fixtures):
 def test_a_context_that_cannot_fit_is_refused_before_allocating(fixtures, monkeypatch):
     model = fixtures["qwen35"]
     monkeypatch.setattr(memory, "available_bytes", lambda device: 100 << 20)
-    need = context_bytes(model.cfg, 4, 10**6, model.limits)
+    need = {**context_bytes(model.cfg, 4, 10**6, model.limits), "weights": model.weights.unbound_bytes()}
     with pytest.raises(memory.MemoryShortError) as exc:
         model.new_pool(4, 10**6)
     msg = str(exc.value)

@@ -86,45 +86,54 @@ class Composition:
 
 
 class HybridWeights:
-    """Checked access to a hybrid model's tensors (numpy order, float32)."""
+    """The model's tensors as typed graph inputs named as in the file (``blk.0.attn_qkv.weight``
+    [out, in], numpy order): declared once each, their shape and type checked against the
+    file, nothing read. ``bind_weights`` gives them values when an executor is made."""
 
-    def __init__(self, f: GgufFile, cfg: HybridConfig) -> None:
-        self.f, self.cfg = f, cfg
+    def __init__(self, f: GgufFile, cfg: HybridConfig, e: GraphBuilder) -> None:
+        self.f, self.cfg, self.e = f, cfg, e
         for i in range(cfg.n_layer):  # refuse files of the wrong kind before building
             name = f"blk.{i}.attn_qkv.weight" if cfg.recurrent[i] else f"blk.{i}.attn_q.weight"
             if not f.has_tensor(name) and not (cfg.recurrent[i] and f.has_tensor(f"blk.{i}.ssm_in.weight")):
                 raise ModelLoadError(f"{f.path}: tensor {name!r} is missing")
 
-    def __call__(self, name: str, *shape: int) -> np.ndarray:
-        return self.f.tensor(name, tuple(shape))
+    def __call__(self, name: str, *shape: int) -> str:
+        if name not in self.e.graph.values:
+            self.f.check_tensor(name, tuple(shape))
+            self.e.input(name, FLOAT, list(shape))
+        return name
 
 
-def _qkv_z(w: HybridWeights, c: HybridConfig, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """The q|k|v projection [channels, E] and the z projection [HV*V, E] of layer i.
+def _qkv_z(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple[str, str]:
+    """The q|k|v projection [T, channels] and the z projection [T, HV*V] of layer i.
 
     Older qwen3next files hold both in ``ssm_in`` [2*H*K + 2*HV*V, E], rows grouped per key
-    head g as [q_g (K), k_g (K), v_g (r*V), z_g (r*V)] (r = HV/H); newer ones split them into
-    ``attn_qkv`` (all q, all k, all v) and ``attn_gate``."""
+    head g as [q_g (K), k_g (K), v_g (r*V), z_g (r*V)] (r = HV/H): one projection, then its
+    columns regrouped; newer ones split them into ``attn_qkv`` (all q, all k, all v) and
+    ``attn_gate``."""
     E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
     if not w.f.has_tensor(f"blk.{i}.ssm_in.weight"):
-        return w(f"blk.{i}.attn_qkv.weight", c.conv_channels, E), w(f"blk.{i}.attn_gate.weight", HV * V, E)
+        return (e.linear(h, w(f"blk.{i}.attn_qkv.weight", c.conv_channels, E)),
+                e.linear(h, w(f"blk.{i}.attn_gate.weight", HV * V, E)))
     r = HV // H
-    grouped = w(f"blk.{i}.ssm_in.weight", 2 * H * K + 2 * HV * V, E).reshape(H, 2 * K + 2 * r * V, E)
+    both = e.linear(h, w(f"blk.{i}.ssm_in.weight", 2 * H * K + 2 * HV * V, E))
+    grouped = np.arange(2 * H * K + 2 * HV * V).reshape(H, 2 * K + 2 * r * V)
     q, k, v, z = np.split(grouped, [K, 2 * K, 2 * K + r * V], axis=1)
-    qkv = np.concatenate([q.reshape(-1, E), k.reshape(-1, E), v.reshape(-1, E)])
-    return qkv, z.reshape(-1, E)
+    qkv = np.concatenate([q.reshape(-1), k.reshape(-1), v.reshape(-1)])
+    return (e.op("Gather", both, e.const(qkv), axis=1),
+            e.op("Gather", both, e.const(z.reshape(-1)), axis=1))
 
 
 def _ssm_ba(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int) -> tuple[str, str]:
     """(beta logits, alpha) [T, HV] in the file's value-head order."""
     E, H, HV = c.n_embd, c.n_k_heads, c.n_v_heads
     if c.arch == "qwen3next":  # per key head g: [b(g, 0..r-1), a(g, 0..r-1)]
-        ba = e.matmul_t(h, w(f"blk.{i}.ssm_ba.weight", 2 * HV, E), f"blk.{i}.ssm_ba")
+        ba = e.linear(h, w(f"blk.{i}.ssm_ba.weight", 2 * HV, E))
         ba = e.reshape(ba, [-1, H, 2 * (HV // H)])
         b, a = (e.reshape(e.slice(ba, 2, s, s + HV // H), [-1, HV]) for s in (0, HV // H))
         return b, a
-    b = e.matmul_t(h, w(f"blk.{i}.ssm_beta.weight", HV, E), f"blk.{i}.ssm_beta")
-    a = e.matmul_t(h, w(f"blk.{i}.ssm_alpha.weight", HV, E), f"blk.{i}.ssm_alpha")
+    b = e.linear(h, w(f"blk.{i}.ssm_beta.weight", HV, E))
+    a = e.linear(h, w(f"blk.{i}.ssm_alpha.weight", HV, E))
     return b, a
 
 
@@ -148,9 +157,8 @@ def _conv(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) ->
     rows = e.reshape(e.op("Gather", pool, slots, axis=0), [-1, ch])  # [N*(C-1), ch]
     xs = e.concat([rows, x], 0)
     windows = e.op("Gather", xs, "conv_rows", axis=0)  # [T, C, ch]
-    weight = w(f"blk.{i}.ssm_conv1d.weight", ch, C)
-    y = e.reduce("ReduceSum", e.op("Mul", windows, e.weight(f"blk.{i}.ssm_conv1d", weight.T)), 1,
-                 keepdims=0)
+    weight = e.op("Transpose", w(f"blk.{i}.ssm_conv1d.weight", ch, C), perm=[1, 0])  # [C, ch]
+    y = e.reduce("ReduceSum", e.op("Mul", windows, weight), 1, keepdims=0)
     new_state = e.op("Gather", xs, "conv_state_rows", axis=0)  # [N, C-1, ch]
     e.output(e.op("ScatterND", pool, e.unsqueeze(slots, 1), new_state), f"conv_state.{i}.out")
     return e.silu(y)
@@ -185,9 +193,7 @@ def _recurrent_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str,
                      comp: Composition) -> str:
     E, H, HV, K, V = c.n_embd, c.n_k_heads, c.n_v_heads, c.k_dim, c.v_dim
     ch = c.conv_channels
-    qkv_w, z_w = _qkv_z(w, c, i)
-    qkv = e.matmul_t(h, qkv_w, f"blk.{i}.attn_qkv")
-    z = e.matmul_t(h, z_w, f"blk.{i}.attn_gate")
+    qkv, z = _qkv_z(e, w, c, h, i)
     b, a = _ssm_ba(e, w, c, h, i)
     x = _conv(e, w, c, qkv, i)
     q = e.l2_norm(e.reshape(e.slice(x, 1, 0, H * K), [-1, H, K]), L2NORM_EPS)
@@ -195,14 +201,12 @@ def _recurrent_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str,
     v = e.reshape(e.slice(x, 1, 2 * H * K, ch), [-1, HV, V])
     q = e.op("Mul", _repeat_heads(e, q, c), e.const(K ** -0.5, np.float32))
     k = _repeat_heads(e, k, c)
-    dt_bias = e.weight(f"blk.{i}.ssm_dt.bias", w(f"blk.{i}.ssm_dt.bias", HV))
-    ssm_a = e.weight(f"blk.{i}.ssm_a", w(f"blk.{i}.ssm_a", HV))
+    dt_bias, ssm_a = w(f"blk.{i}.ssm_dt.bias", HV), w(f"blk.{i}.ssm_a", HV)
     g = e.op("Mul", ssm_a, e.op("Softplus", e.op("Add", a, dt_bias)))  # log decay [T, HV]
     o = delta_net_layer(e, c, (q, k, v, g, e.op("Sigmoid", b)), i, comp)
     o = e.rms_norm(o, w(f"blk.{i}.ssm_norm.weight", V), c.eps, f"blk.{i}.ssm_norm")
     o = e.op("Mul", o, e.silu(e.reshape(z, [-1, HV, V])))
-    return e.matmul_t(e.reshape(o, [-1, HV * V]), w(f"blk.{i}.ssm_out.weight", E, HV * V),
-                      f"blk.{i}.ssm_out")
+    return e.linear(e.reshape(o, [-1, HV * V]), w(f"blk.{i}.ssm_out.weight", E, HV * V))
 
 
 def _rope(e: GraphBuilder, x: str, c: HybridConfig, angles: tuple[str, str]) -> str:
@@ -236,13 +240,10 @@ def _hidden_keys(e: GraphBuilder) -> str:
 def _attention_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str, i: int,
                      angles: tuple[str, str], hidden: str) -> str:
     E, nh, nkv, hd = c.n_embd, c.n_head, c.n_head_kv, c.head_dim
-    qg = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_q.weight", 2 * nh * hd, E), f"blk.{i}.attn_q"),
-                   [-1, nh, 2 * hd])
+    qg = e.reshape(e.linear(h, w(f"blk.{i}.attn_q.weight", 2 * nh * hd, E)), [-1, nh, 2 * hd])
     q, gate = e.slice(qg, 2, 0, hd), e.slice(qg, 2, hd, 2 * hd)
-    k = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_k.weight", nkv * hd, E), f"blk.{i}.attn_k"),
-                  [-1, nkv, hd])
-    v = e.reshape(e.matmul_t(h, w(f"blk.{i}.attn_v.weight", nkv * hd, E), f"blk.{i}.attn_v"),
-                  [-1, nkv, hd])
+    k = e.reshape(e.linear(h, w(f"blk.{i}.attn_k.weight", nkv * hd, E)), [-1, nkv, hd])
+    v = e.reshape(e.linear(h, w(f"blk.{i}.attn_v.weight", nkv * hd, E)), [-1, nkv, hd])
     q = _rope(e, e.rms_norm(q, w(f"blk.{i}.attn_q_norm.weight", hd), c.eps, f"blk.{i}.q_norm"),
               c, angles)
     k = _rope(e, e.rms_norm(k, w(f"blk.{i}.attn_k_norm.weight", hd), c.eps, f"blk.{i}.k_norm"),
@@ -263,37 +264,32 @@ def _attention_layer(e: GraphBuilder, w: HybridWeights, c: HybridConfig, h: str,
     o = e.op("MatMul", probs, e.op("Transpose", vf, perm=[0, 2, 1, 3]))  # [N, nh, Lq, hd]
     o = e.op("Reshape", e.op("Transpose", o, perm=[0, 2, 1, 3]), e.const([-1, nh, hd]))
     o = e.op("Mul", e.op("Gather", o, "o_rows", axis=0), e.op("Sigmoid", gate))  # [T, nh, hd]
-    return e.matmul_t(e.reshape(o, [-1, nh * hd]), w(f"blk.{i}.attn_output.weight", E, nh * hd),
-                      f"blk.{i}.attn_output")
+    return e.linear(e.reshape(o, [-1, nh * hd]), w(f"blk.{i}.attn_output.weight", E, nh * hd))
 
 
-def _swiglu(e: GraphBuilder, x: str, gate: np.ndarray, up: np.ndarray, down: np.ndarray, name: str) -> str:
-    hidden = e.op("Mul", e.silu(e.matmul_t(x, gate, f"{name}_gate")), e.matmul_t(x, up, f"{name}_up"))
-    return e.matmul_t(hidden, down, f"{name}_down")
+def _swiglu(e: GraphBuilder, x: str, gate: str, up: str, down: str) -> str:
+    hidden = e.op("Mul", e.silu(e.linear(x, gate)), e.linear(x, up))
+    return e.linear(hidden, down)
 
 
 def _moe(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) -> str:
     """Softmax router, top-k renormalised, every expert evaluated densely, plus the shared
     expert scaled by sigmoid(gate_inp_shexp · x)."""
     E, n, ff, k = c.n_embd, c.n_expert, c.n_ff_exp, c.n_expert_used
-    probs = e.op("Softmax", e.matmul_t(x, w(f"blk.{i}.ffn_gate_inp.weight", n, E),
-                                       f"blk.{i}.ffn_gate_inp"), axis=-1)  # [T, n]
+    probs = e.op("Softmax", e.linear(x, w(f"blk.{i}.ffn_gate_inp.weight", n, E)), axis=-1)  # [T, n]
     top, idx = e.ops("TopK", [probs, e.const([k])], 2, axis=-1)
     top = e.op("Div", top, e.reduce("ReduceSum", top, -1))
     weights = e.op("ScatterElements", e.op("Mul", probs, e.const(0.0, np.float32)), idx, top, axis=1)
-    gate = e.weight(f"blk.{i}.ffn_gate_exps", w(f"blk.{i}.ffn_gate_exps.weight", n, ff, E).transpose(0, 2, 1))
-    up = e.weight(f"blk.{i}.ffn_up_exps", w(f"blk.{i}.ffn_up_exps.weight", n, ff, E).transpose(0, 2, 1))
-    down = e.weight(f"blk.{i}.ffn_down_exps", w(f"blk.{i}.ffn_down_exps.weight", n, E, ff).transpose(0, 2, 1))
-    hidden = e.op("Mul", e.silu(e.op("MatMul", x, gate)), e.op("MatMul", x, up))  # [n, T, ff]
-    y = e.op("MatMul", hidden, down)  # [n, T, E]
+    gate = e.linear(x, w(f"blk.{i}.ffn_gate_exps.weight", n, ff, E), rank=3)  # [n, T, ff]
+    up = e.linear(x, w(f"blk.{i}.ffn_up_exps.weight", n, ff, E), rank=3)
+    hidden = e.op("Mul", e.silu(gate), up)
+    y = e.linear(hidden, w(f"blk.{i}.ffn_down_exps.weight", n, E, ff), rank=3)  # [n, T, E]
     routed = e.reduce("ReduceSum", e.op("Mul", y, e.unsqueeze(e.op("Transpose", weights, perm=[1, 0]), 2)),
                       0, keepdims=0)
     sff = c.n_ff_shexp
     shared = _swiglu(e, x, w(f"blk.{i}.ffn_gate_shexp.weight", sff, E),
-                     w(f"blk.{i}.ffn_up_shexp.weight", sff, E),
-                     w(f"blk.{i}.ffn_down_shexp.weight", E, sff), f"blk.{i}.shexp")
-    shared_gate = e.op("Sigmoid", e.matmul_t(x, w(f"blk.{i}.ffn_gate_inp_shexp.weight", 1, E),
-                                              f"blk.{i}.ffn_gate_inp_shexp"))
+                     w(f"blk.{i}.ffn_up_shexp.weight", sff, E), w(f"blk.{i}.ffn_down_shexp.weight", E, sff))
+    shared_gate = e.op("Sigmoid", e.linear(x, w(f"blk.{i}.ffn_gate_inp_shexp.weight", 1, E)))
     return e.op("Add", routed, e.op("Mul", shared, shared_gate))
 
 
@@ -302,7 +298,7 @@ def _ffn(e: GraphBuilder, w: HybridWeights, c: HybridConfig, x: str, i: int) -> 
         return _moe(e, w, c, x, i)
     E, ff = c.n_embd, c.n_ff
     return _swiglu(e, x, w(f"blk.{i}.ffn_gate.weight", ff, E), w(f"blk.{i}.ffn_up.weight", ff, E),
-                   w(f"blk.{i}.ffn_down.weight", E, ff), f"blk.{i}.ffn")
+                   w(f"blk.{i}.ffn_down.weight", E, ff))
 
 
 def _batch_inputs(e: GraphBuilder, c: HybridConfig, comp: Composition) -> None:
@@ -319,13 +315,12 @@ def _batch_inputs(e: GraphBuilder, c: HybridConfig, comp: Composition) -> None:
 def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = None) -> Model:
     """The whole model for one batch ``comp`` as an unfused graph (contract: module docstring)."""
     c = cfg or hybrid_config(f)
-    w = HybridWeights(f, c)
     if not comp.lengths or min(comp.lengths) < 1:
         raise ModelLoadError(f"composition {list(comp.lengths)} needs >= 1 sequence of >= 1 token")
     e = GraphBuilder.new(f"{c.arch}_" + "_".join(map(str, comp.lengths)))
+    w = HybridWeights(f, c, e)
     _batch_inputs(e, c, comp)
-    x = e.op("Gather", e.weight("token_embd", w("token_embd.weight", c.n_vocab, c.n_embd)), "tokens",
-             axis=0)
+    x = e.op("Gather", w("token_embd.weight", c.n_vocab, c.n_embd), "tokens", axis=0)
     angles, hidden = (_rope_angles(e, c), _hidden_keys(e)) if not all(c.recurrent) else (("", ""), "")
     for i in progress.track(range(c.n_layer), f"building graph: {len(comp.lengths)} sequence(s), "
                                                  f"{comp.n_tokens} tokens"):
@@ -344,7 +339,7 @@ def build_unfused(f: GgufFile, comp: Composition, cfg: HybridConfig | None = Non
     x = e.rms_norm(x, w("output_norm.weight", c.n_embd), c.eps, "output_norm")
     out_w = w("output.weight", c.n_vocab, c.n_embd) if f.has_tensor("output.weight") \
         else w("token_embd.weight", c.n_vocab, c.n_embd)
-    e.output(e.matmul_t(x, out_w, "output"), "logits", first=True)
+    e.output(e.linear(x, out_w), "logits", first=True)
     model = e.model()
     g = model.graph
     g.values["logits"] = Value("logits", FLOAT, ("O", c.n_vocab))

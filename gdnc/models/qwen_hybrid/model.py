@@ -1,6 +1,7 @@
 """Run a GGUF hybrid model on batches of sequences that live in slots of a state pool.
 
-``HybridModel`` owns the graphs: the fused one is built ONCE (the fusion pass on a template
+``HybridModel`` owns the graphs, weight-free (the file's tensors are inputs, bound once per
+device as the file holds them: ``GgufWeights``): the fused one is built ONCE (the fusion pass on a template
 batch, its sequence layout lifted to an input) and serves every batch; unfused graphs depend on the
 batch's token counts and are built per composition, kept in an LRU cache. The pools (delta-net
 states, conv states, KV caches: ``batch.pool_shapes``) live in a ``StatePool``.
@@ -24,10 +25,12 @@ from gdnc.errors import GdncWarning, InputError, RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.graph import Model
 from gdnc.models.gguf_model import GraphStats
+from gdnc.models.gguf_weights import GgufWeights
 from gdnc.models.qwen_hybrid.batch import batch_feeds, context_bytes, pool_shapes
 from gdnc.models.qwen_hybrid.config import HybridConfig, hybrid_config
 from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
 from gdnc.passes.composition import lift_sequence_layout
+from gdnc.passes.graph_cache import cached_graph
 from gdnc.passes.pipeline import fuse_model
 from gdnc.runtime import memory
 from gdnc.runtime.batch_plan import Limits
@@ -42,17 +45,22 @@ DEFAULT_CTX = 2048
 
 
 def build_fused(f: GgufFile, cfg: HybridConfig | None = None) -> Model:
-    """The fused graph serving every batch: the fusion pass on the ``TEMPLATE`` batch, then its
-    sequence layout lifted to the ``cu_seqlens`` input (a fresh Model on each call).
-    RewriteError unless every recurrent layer became ONE multi-sequence node."""
+    """The fused graph serving every batch (weight-free, a fresh Model on each call): the
+    fusion pass on the ``TEMPLATE`` batch, then its sequence layout lifted to the
+    ``cu_seqlens`` input; read from the graph cache when this configuration was fused before
+    (``graph_cache``). RewriteError unless every recurrent layer became ONE multi-sequence
+    node."""
     c = cfg or hybrid_config(f)
-    model = build_unfused(f, TEMPLATE, c)
-    fuse_model(model)
-    lifted = lift_sequence_layout(model, TEMPLATE.cu_seqlens, BATCH_INPUTS)
-    if lifted != sum(c.recurrent):
-        raise RewriteError(f"{f.path}: {lifted} multi-sequence GatedDeltaNet node(s) for "
-                           f"{sum(c.recurrent)} recurrent layers")
-    return model
+
+    def fuse(model: Model) -> Model:
+        fuse_model(model)
+        lifted = lift_sequence_layout(model, TEMPLATE.cu_seqlens, BATCH_INPUTS)
+        if lifted != sum(c.recurrent):
+            raise RewriteError(f"{f.path}: {lifted} multi-sequence GatedDeltaNet node(s) for "
+                               f"{sum(c.recurrent)} recurrent layers")
+        return model
+
+    return cached_graph(build_unfused(f, TEMPLATE, c), "fused", fuse)
 
 
 class HybridModel:
@@ -67,6 +75,7 @@ class HybridModel:
         self.file = file or GgufFile(path)
         self.cfg = hybrid_config(self.file)
         self.stats = GraphStats()
+        self.weights = GgufWeights(self.file, self.device)
         self._fused: Executor | None = None
         self._unfused: OrderedDict[Composition, Executor] = OrderedDict()
         self._runner = BatchRunner(self.cfg.n_vocab, self.cfg.n_head, partial(batch_feeds, self.cfg),
@@ -90,10 +99,13 @@ class HybridModel:
             raise InputError(f"the context must be >= 1 token, got {n_ctx}")
         trained = self.trained_context
         ctx = n_ctx or min(DEFAULT_CTX, trained or DEFAULT_CTX)
-        memory.require(context_bytes(self.cfg, slots, ctx, self.limits, kept_logits), self.device,
+        parts = {**context_bytes(self.cfg, slots, ctx, self.limits, kept_logits),
+                 "weights": self.weights.unbound_bytes()}
+        memory.require(parts, self.device,
                        f"a context of {ctx} tokens for {slots} sequence(s)",
                        fix="use a smaller context (--ctx, or fewer tokens)"
-                           + (" or fewer sequences at once (--parallel)" if slots > 1 else ""))
+                           + (" or fewer sequences at once (--parallel)" if slots > 1 else "")
+                           + ", or a smaller model or quantization")
         if trained is not None and ctx > trained:
             warnings.warn(f"a context of {ctx} tokens is beyond the {trained} that {self.path} was "
                           f"trained on: output past {trained} tokens may degrade", GdncWarning,
@@ -103,7 +115,7 @@ class HybridModel:
     def fused_executor(self) -> Executor:
         if self._fused is None:
             model = build_fused(self.file, self.cfg)
-            self._fused = pooled_executor(model, self.device)
+            self._fused = pooled_executor(model, self.device, self.weights.prepare(model))
             self.stats.fused_builds += 1
             self.stats.fused_nodes = len(model.graph)
         return self._fused
@@ -113,7 +125,7 @@ class HybridModel:
             self._unfused.move_to_end(comp)
         else:
             model = build_unfused(self.file, comp, self.cfg)
-            self._unfused[comp] = pooled_executor(model, self.device)
+            self._unfused[comp] = pooled_executor(model, self.device, self.weights.prepare(model))
             self.stats.unfused_builds += 1
             self.stats.unfused_nodes[comp.lengths] = len(model.graph)
             while len(self._unfused) > CACHED_UNFUSED:

@@ -1,0 +1,87 @@
+"""A disk cache of fused graphs, keyed by the weight-free graph they were derived from.
+
+Model graphs are weight-free (a model's tensors are inputs), so a fused graph depends only on
+the unfused graph it came from and on gdnc's code: the key is the SHA-256 of both (the
+serialised source graph, every ``gdnc`` source file). A second start of the same model
+configuration reads the fused graph (kilobytes) instead of running the fusion pass.
+
+Where: ``$GDNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gdnc``, else ``~/.cache/gdnc``; the value
+``off`` disables the cache. A cache that cannot be read or written is passed over silently
+(an unreadable or stale entry is rebuilt and replaced): it only ever saves time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import onnx
+
+from gdnc.atomic import open_replacing
+from gdnc.ir.from_onnx import model_from_proto
+from gdnc.ir.graph import Model
+from gdnc.ir.to_onnx import model_to_proto, proto_with_value_info
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def cache_dir() -> Path | None:
+    """The cache folder (None: disabled)."""
+    chosen = os.environ.get("GDNC_CACHE_DIR")
+    if chosen == "off":
+        return None
+    if chosen:
+        return Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gdnc"
+
+
+@cache
+def _code_digest() -> bytes:
+    """SHA-256 of every gdnc source file (path and bytes): a code change is a new key."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE)).encode())
+        h.update(path.read_bytes())
+    return h.digest()
+
+
+def graph_key(source: Model, stage: str) -> str:
+    """The key of what ``stage`` makes of ``source`` (a hex digest)."""
+    h = hashlib.sha256(_code_digest())
+    h.update(stage.encode())
+    h.update(model_to_proto(source).SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _read(path: Path) -> Model | None:
+    try:
+        return model_from_proto(onnx.load_model(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - a missing, truncated or foreign entry: rebuild it
+        return None
+
+
+def _write(path: Path, model: Model) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_replacing(path, "wb") as fh:
+            fh.write(proto_with_value_info(model).SerializeToString())
+    except Exception:  # noqa: BLE001 - a read-only or full disk costs the next start time, no more
+        pass
+
+
+def cached_graph(source: Model, stage: str, build: Callable[[Model], Model]) -> Model:
+    """``build(source)``, or the graph it made for the same source and code before."""
+    folder = cache_dir()
+    if folder is None:
+        return build(source)
+    path = folder / "graphs" / f"{stage}-{graph_key(source, stage)[:32]}.onnx"
+    found = _read(path) if path.is_file() else None
+    if found is not None:
+        return found
+    built = build(source)
+    _write(path, built)
+    return built
