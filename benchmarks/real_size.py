@@ -65,11 +65,13 @@ sys.path.insert(0, str(ROOT))  # corpus/ (imported where used: the llama.cpp chi
 
 @dataclass
 class Proc:
-    """One finished child: exit code (None: killed at the timeout), wall seconds, peak RSS
+    """One finished child: exit code (None: killed at the timeout), wall seconds, CPU seconds
+    (user + system: about ``THREADS`` x wall when nothing else competes for the cores), peak RSS
     (KiB), its stdout lines with their arrival times (``time.time()``), its stderr's tail."""
 
     rc: int | None
     wall_s: float
+    cpu_s: float
     rss_kib: int
     lines: list[tuple[float, str]] = field(default_factory=list)
     stderr: str = ""
@@ -128,7 +130,8 @@ def spawn(cmd: list[str], env: dict[str, str], timeout: float, mem_limit: int) -
         p.stdout.close()
         err.seek(0)
         tail = err.read()[-4000:].decode("utf-8", "replace")
-    return t0, Proc(None if timed_out else p.returncode, wall, usage.ru_maxrss, lines, tail)
+    cpu = usage.ru_utime + usage.ru_stime
+    return t0, Proc(None if timed_out else p.returncode, wall, cpu, usage.ru_maxrss, lines, tail)
 
 
 def child_env() -> dict[str, str]:
@@ -149,7 +152,7 @@ def gdnc_run(path: Path, n: int, timeout: float, mem_limit: int) -> dict:
         return {"error": f"gdnc -n {n}: {proc.failure() or 'no JSON timing'}",
                 "rss_kib_at_failure": proc.rss_kib}
     return {"ttft_s": objs[0][0] - t0, "seconds": objs[-1][1]["timing"]["seconds"],
-            "rss_kib": proc.rss_kib, "wall_s": proc.wall_s, "seq": objs[0][1]}
+            "rss_kib": proc.rss_kib, "wall_s": proc.wall_s, "cpu_s": proc.cpu_s, "seq": objs[0][1]}
 
 
 def gdnc_round(path: Path, decode: int, timeout: float, mem_limit: int) -> dict:
@@ -159,7 +162,7 @@ def gdnc_round(path: Path, decode: int, timeout: float, mem_limit: int) -> dict:
     one = gdnc_run(path, 1, timeout, mem_limit)
     if "error" in one:
         return one
-    out = {"ttft_s": one["ttft_s"], "rss_kib": one["rss_kib"], "wall_s": one["wall_s"],
+    out = {"ttft_s": one["ttft_s"], "rss_kib": one["rss_kib"], "wall_s": one["wall_s"], "cpu_s": one["cpu_s"],
            "prompt_tokens": len(one["seq"]["prompt_ids"]), "generated_ids": one["seq"]["generated_ids"]}
     if not decode:
         return out
@@ -169,6 +172,7 @@ def gdnc_round(path: Path, decode: int, timeout: float, mem_limit: int) -> dict:
     made = len(full["seq"]["generated_ids"]) - len(one["seq"]["generated_ids"])
     return out | {"decode_tok_s": made / (full["seconds"] - one["seconds"]),
                   "rss_kib": max(one["rss_kib"], full["rss_kib"]), "wall_s": one["wall_s"] + full["wall_s"],
+                  "cpu_s": one["cpu_s"] + full["cpu_s"],
                   "generated_ids": full["seq"]["generated_ids"]}
 
 
@@ -186,7 +190,8 @@ def llama_round(path: Path, decode: int, timeout: float, mem_limit: int) -> dict
     steps = r["steps"]
     return {"ttft_s": r["first_chunk"] - t0, "first_logits_s": steps[0] - t0,
             "decode_tok_s": (len(steps) - 1) / (steps[-1] - steps[0]), "rss_kib": proc.rss_kib,
-            "wall_s": proc.wall_s, "prompt_tokens": r["prompt_tokens"], "generated_ids": r["generated_ids"]}
+            "wall_s": proc.wall_s, "cpu_s": proc.cpu_s, "prompt_tokens": r["prompt_tokens"],
+            "generated_ids": r["generated_ids"]}
 
 
 def llama_child(path: str, decode: int) -> None:
@@ -257,11 +262,13 @@ def same_tokens(runs: dict[str, list[dict]]) -> str | None:
 
 
 def measure(side: str, path: Path, args: argparse.Namespace, warmup: bool) -> dict:
-    """One round of ``side`` on ``path``; gdnc's warm-up is its ``-n 1`` run alone."""
+    """One round of ``side`` on ``path`` with the 1-minute load average before it (the noise of
+    a shared machine); gdnc's warm-up is its ``-n 1`` run alone."""
     limit = int(args.mem_limit_gb * 2**30)
+    load = os.getloadavg()[0]
     if side == "gdnc":
-        return gdnc_round(path, 0 if warmup else args.decode, args.timeout, limit)
-    return llama_round(path, args.decode, args.timeout, limit)
+        return gdnc_round(path, 0 if warmup else args.decode, args.timeout, limit) | {"load_1m": load}
+    return llama_round(path, args.decode, args.timeout, limit) | {"load_1m": load}
 
 
 def bench_model(preset: str, variant: str, args: argparse.Namespace) -> dict:
@@ -270,6 +277,7 @@ def bench_model(preset: str, variant: str, args: argparse.Namespace) -> dict:
     from corpus.sized_gguf import PRESETS, n_params
 
     path = ensure_model(preset, variant)
+    tree = gdnc_tree()
     sides = ["gdnc"] + (["llama.cpp"] if args.peer == "llama" else [])
     runs: dict[str, list[dict]] = {s: [] for s in sides}  # the warm-up, then the rounds
     for i in range(args.rounds + 1):
@@ -280,7 +288,8 @@ def bench_model(preset: str, variant: str, args: argparse.Namespace) -> dict:
             runs[side].append(measure(side, path, args, warmup=i == 0))
     out = {"model": f"{preset}:{variant}", "file": str(path.relative_to(ROOT)),
            "file_bytes": path.stat().st_size, "params": n_params(PRESETS[preset]),
-           "warmup": {s: r[0] for s, r in runs.items()}, "rounds": {s: r[1:] for s, r in runs.items()}}
+           "warmup": {s: r[0] for s, r in runs.items()}, "rounds": {s: r[1:] for s, r in runs.items()},
+           "gdnc_tree": tree, "gdnc_changed_during": gdnc_tree() != tree}
     for side in sides:
         out[side] = summary(runs[side])  # the warm-up's error too: the rounds did not run after it
         out[side] |= {k: v for k, v in summary(runs[side][1:]).items() if k != "error"}
@@ -336,9 +345,10 @@ def table(results: list[dict]) -> str:
     for r in results:
         for side in (s for s in SIDES if s in r):
             m = r[side]
+            notes = [m["error"] or "", "gdnc's source changed meanwhile" if r["gdnc_changed_during"] else ""]
             rows.append(f"| {r['model']} | {r['file_bytes'] / 2**30:.2f} | {side} | "
                         f"{_cell(m, 'rss_kib', '.0f', 1 / 1024)} | {_cell(m, 'ttft_s', '.2f')} | "
-                        f"{_cell(m, 'decode_tok_s', '.2f')} | {m['error'] or ''} |")
+                        f"{_cell(m, 'decode_tok_s', '.2f')} | {'; '.join(n for n in notes if n)} |")
         if "ratio_gdnc_over_llama" in r:
             m = r["ratio_gdnc_over_llama"]
             rows.append(f"| {r['model']} | | gdnc / llama.cpp | {_cell(m, 'rss_kib', '.2f')} | "

@@ -14,6 +14,7 @@ import torch
 from gdnc.errors import RewriteError
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.ir.graph import Graph, Model, Node
+from gdnc.models.gguf_weights import GgufWeights
 from gdnc.models.qwen_hybrid.batch import batch_feeds, pool_shapes
 from gdnc.models.qwen_hybrid.config import hybrid_config
 from gdnc.models.qwen_hybrid.graph import BATCH_INPUTS, Composition, build_unfused
@@ -99,8 +100,9 @@ def _run_both(arch: str, edit: Edit | None = None) -> None:
     fused = _build(arch, (2, 3), edit)
     fuse_model(fused)
     results = []
+    weights = GgufWeights(_file(arch), torch.device("cpu"))
     for model in (unfused, fused):
-        ex = Executor(model)
+        ex = Executor(model, bound=weights.prepare(model))
         wanted = {n: feeds[n] for n in ex.input_names if n in feeds}
         results.append(ex.run({**wanted, **{n: t.clone() for n, t in pool.tensors.items()}}))
     want, got = results
