@@ -6,8 +6,8 @@ pickled array in an input file) go through inspect, run, convert and compare in 
 process under a Python audit hook (``audit_probe.py``). Once the commands' own imports are
 warm, the hook must see no unpickling, no exec/compile (but numpy's literal-only parse of
 .npy headers), no import, no ctypes, no process, no
-socket or URL access, and no file opened outside the model's folder, the output folder and
-the Python installation; the payloads' marker file must not appear.
+socket or URL access, and no file opened outside the model's folder, the output folder,
+gdnc's graph cache and the Python installation; the payloads' marker file must not appear.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 
 from corpus.gguf_rewrite import rewrite
 from corpus.tiny_gguf import write_models
+from gdnc.passes.graph_cache import cache_dir
 from tests.robustness.harness import TALLY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,9 @@ def test_models_never_run_code_or_reach_out(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["exits"] == [0] * 8 + [1, 1, 0], report["exits"]  # the foreign op, the pickle: refused
-    roots = _allowed_roots(models, out, Path(os.environ.get("TMPDIR", "/tmp")) / ".triton")
+    # gdnc's own graph cache (weight-free fused graphs it wrote itself) is read and written too
+    roots = _allowed_roots(models, out, Path(os.environ.get("TMPDIR", "/tmp")) / ".triton",
+                           *filter(None, [cache_dir()]))
     opened_outside, code_events = [], []
     for event, detail in report["events"]:
         TALLY.note("no-code", "file/code/network events audited")
