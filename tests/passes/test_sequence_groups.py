@@ -181,7 +181,11 @@ def test_lifting_refuses_a_layout_it_was_not_built_for() -> None:
 
 
 def test_build_fused_refuses_a_layer_left_per_sequence(monkeypatch) -> None:
-    """When a layer's chains do not group (here: no layer groups), no fused graph is served."""
+    """When a layer's chains do not group (here: no layer groups), no fused graph is served.
+
+    The graph cache is off: a fused graph an earlier test cached would skip the patched pass.
+    """
+    monkeypatch.setenv("GDNC_CACHE_DIR", "off")
     monkeypatch.setattr(fuse_mod, "group_sequences", lambda g, chains: ([], list(chains), []))
     with pytest.raises(RewriteError, match="not one multi-sequence GatedDeltaNet"):
         build_fused(_file("qwen35"))
