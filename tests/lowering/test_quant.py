@@ -176,6 +176,25 @@ def test_dequantize_views(qtype: str, view, seed: int) -> None:
     assert_same_bits(dequantize(viewed, qtype), reference(np.ascontiguousarray(viewed.numpy()), qtype))
 
 
+@PROPS
+@given(qtype=st.sampled_from(TYPES), rows=st.integers(1, 3), seed=SEEDS)
+def test_dequantize_into_a_scratch_buffer(qtype: str, rows: int, seed: int) -> None:
+    """``out=``: the values land in the (poisoned) buffer, returned as a view of it."""
+    rng = np.random.default_rng(seed)
+    raw = random_bytes(rng, qtype, (rows, cols_unit(qtype)), sane=False)
+    scratch = torch.full((raw.shape[0] * cols_unit(qtype),), torch.nan)
+    got = dequantize(torch.from_numpy(raw), qtype, scratch)
+    assert got.data_ptr() == scratch.data_ptr()
+    assert_same_bits(got, reference(raw, qtype))
+
+
+@pytest.mark.parametrize("out", [torch.empty(31), torch.empty(32, dtype=torch.float64),
+                                 torch.empty(64)[::2]], ids=["size", "dtype", "strided"])
+def test_dequantize_refuses_a_wrong_buffer(out: torch.Tensor) -> None:
+    with pytest.raises(ShapeError, match="out must be contiguous float32 of 32"):
+        dequantize(torch.zeros(34, dtype=torch.uint8), "Q8_0", out)
+
+
 def test_dequantize_never_aliases_f32() -> None:
     raw = torch.from_numpy(np.arange(4, dtype=np.float32).view(np.uint8).copy())
     values = dequantize(raw, "F32")

@@ -23,6 +23,7 @@ results are bit-identical to ``gguf.quants.dequantize``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -51,20 +52,29 @@ def row_bytes(qtype: str, cols: int) -> int:
     return cols // elements * nbytes
 
 
-def dequantize(raw: torch.Tensor, qtype: str) -> torch.Tensor:
-    """The values of ``raw``: uint8 [..., row_bytes] (any view, any device) -> a new float32
-    tensor [..., cols] on the same device (never a view of ``raw``)."""
+def dequantize(raw: torch.Tensor, qtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The values of ``raw``: uint8 [..., row_bytes] (any view, any device) -> float32
+    [..., cols] on the same device, never a view of ``raw``: written into ``out`` when given
+    (contiguous float32 of that many elements, e.g. a scratch buffer reused across chunks,
+    which spares a fresh allocation's page faults) and returned viewed as [..., cols]."""
     elements, nbytes = block_layout(qtype)
     if raw.dtype != torch.uint8 or raw.dim() == 0 or raw.shape[-1] % nbytes:
         raise ShapeError(f"{qtype} bytes must be uint8 [..., a multiple of {nbytes}], "
                          f"got {raw.dtype} {list(raw.shape)}")
-    if qtype in _FLOATS:
-        return _as(raw, _FLOATS[qtype]).to(torch.float32, copy=True)
     n_blocks = raw.shape[-1] // nbytes
-    blocks = raw.unflatten(-1, (n_blocks, nbytes))
-    out = torch.empty((*blocks.shape[:-1], elements), dtype=torch.float32, device=raw.device)
-    _BLOCKS[qtype](blocks, out)
-    return out.flatten(-2)
+    shape = (*raw.shape[:-1], n_blocks * elements)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32, device=raw.device)
+    elif (out.dtype != torch.float32 or not out.is_contiguous() or out.device != raw.device
+          or out.numel() != math.prod(shape)):
+        raise ShapeError(f"dequantize: out must be contiguous float32 of {math.prod(shape)} "
+                         f"elements on {raw.device}, got {out.dtype} {list(out.shape)}")
+    values = out.view(shape)
+    if qtype in _FLOATS:
+        values.copy_(_as(raw, _FLOATS[qtype]))
+    else:
+        _BLOCKS[qtype](raw.unflatten(-1, (n_blocks, nbytes)), values.unflatten(-1, (n_blocks, elements)))
+    return values
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

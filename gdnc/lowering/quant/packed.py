@@ -2,8 +2,8 @@
 and ``embed`` (rows of W).
 
 Neither widens the whole weight: each dequantizes at most ``CHUNK_ELEMENTS`` elements of it at a
-time (one row at least), multiplies or copies that chunk into a preallocated output and lets
-it go. F32 weights are used in place (viewed as float32, no copy).
+time (one row at least) into one scratch buffer (``linear``) or the preallocated output
+(``embed``), and multiplies or keeps that chunk. F32 weights are used in place (viewed as float32, no copy).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def embed(w: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
     out = _output((flat.numel(), cols), w.device)
     step = _rows_per_chunk(cols)
     for start in range(0, flat.numel(), step):
-        out[start:start + step] = dequantize(w.raw[flat[start:start + step]], w.qtype)
+        dequantize(w.raw[flat[start:start + step]], w.qtype, out[start:start + step])
     return out.view(*ids.shape, cols)
 
 
@@ -131,9 +131,11 @@ def _linear_3d(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     """Writes x [M, cols] @ W^T into ``out`` [M, rows] (unit column stride), W's rows given
     as ``raw`` uint8 [rows, row_bytes] of ``qtype``, dequantized a chunk of rows at a time."""
-    step = _rows_per_chunk(x.shape[1])
+    step = min(_rows_per_chunk(x.shape[1]), raw.shape[0])
+    scratch = torch.empty(step * x.shape[1], dtype=F32, device=x.device)  # reused by every chunk
     for start in range(0, raw.shape[0], step):
-        chunk = dequantize(raw[start:start + step], qtype)
+        rows = raw[start:start + step]
+        chunk = dequantize(rows, qtype, scratch[:rows.shape[0] * x.shape[1]])
         torch.mm(x, chunk.t(), out=out[:, start:start + step])
 
 

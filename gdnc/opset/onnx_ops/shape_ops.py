@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
@@ -150,8 +151,12 @@ def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 
 @register("Expand", since=8, host_inputs=(1,))
 def _expand(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
-    x = inputs[0]
-    return [x.expand(torch.broadcast_shapes(x.shape, tuple(as_ints(inputs[1]))))]
+    x, shape = inputs[0], tuple(as_ints(inputs[1]))
+    try:  # numpy's rule is ONNX's; torch.broadcast_shapes would import sympy (~0.4 s) on first use
+        return [x.expand(np.broadcast_shapes(tuple(x.shape), shape))]
+    except ValueError:
+        raise ShapeError(f"Expand: shape {list(shape)} does not broadcast with "
+                         f"{list(x.shape)}") from None
 
 
 @register("Tile", since=6, host_inputs=(1,))
