@@ -12,7 +12,6 @@ import operator
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from typing import SupportsIndex
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -73,9 +72,10 @@ def _str_list(meta: Mapping[str, object], key: str) -> list[str]:
 def _int(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise ModelLoadError(f"GGUF tokenizer: {what} is a bool, not an integer")
-    if not isinstance(value, SupportsIndex):
-        raise ModelLoadError(f"GGUF tokenizer: {what} is {value!r}, not an integer")
-    return operator.index(value)
+    try:  # not isinstance(value, SupportsIndex): a Protocol check costs ~10 us, once per token
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ModelLoadError(f"GGUF tokenizer: {what} is {value!r}, not an integer") from None
 
 
 def _token_id(meta: Mapping[str, object], key: str, n_vocab: int) -> int | None:

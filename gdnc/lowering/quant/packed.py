@@ -2,13 +2,15 @@
 and ``embed`` (rows of W).
 
 Neither widens the whole weight: each dequantizes at most ``CHUNK_ELEMENTS`` elements of it at a
-time (one row at least) into one scratch buffer (``linear``) or the preallocated output
-(``embed``), and multiplies or keeps that chunk. F32 weights are used in place (viewed as float32, no copy).
+time (one row at least) into a scratch buffer kept per thread and device (``linear``) or the
+preallocated output (``embed``), and multiplies or keeps that chunk. F32 weights are used in
+place (viewed as float32, no copy).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from gdnc.lowering.quant.blocks import dequantize, row_bytes
 # is ~15 torch ops, and their per-op cost grows when the threads are contended)
 CHUNK_ELEMENTS = 1 << 21
 F32 = torch.float32
+_SCRATCH = threading.local()  # per thread: {device: float32 buffer} (see _scratch)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,11 +135,22 @@ def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Te
     """Writes x [M, cols] @ W^T into ``out`` [M, rows] (unit column stride), W's rows given
     as ``raw`` uint8 [rows, row_bytes] of ``qtype``, dequantized a chunk of rows at a time."""
     step = min(_rows_per_chunk(x.shape[1]), raw.shape[0])
-    scratch = torch.empty(step * x.shape[1], dtype=F32, device=x.device)  # reused by every chunk
+    scratch = _scratch(step * x.shape[1], x.device)
     for start in range(0, raw.shape[0], step):
         rows = raw[start:start + step]
         chunk = dequantize(rows, qtype, scratch[:rows.shape[0] * x.shape[1]])
         torch.mm(x, chunk.t(), out=out[:, start:start + step])
+
+
+def _scratch(numel: int, device: torch.device) -> torch.Tensor:
+    """A float32 buffer of ``numel`` elements on ``device``, kept for this thread's later calls:
+    a fresh 8 MiB buffer per call would page-fault on every use (glibc hands large blocks back
+    to the kernel when they are freed), which costs more than the dequantization."""
+    kept: dict[torch.device, torch.Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = kept.get(device)
+    if buffer is None or buffer.numel() < numel:
+        buffer = kept[device] = torch.empty(numel, dtype=F32, device=device)
+    return buffer[:numel]
 
 
 def _rows_per_chunk(cols: int) -> int:
