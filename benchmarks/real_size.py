@@ -6,7 +6,8 @@ For each ``PRESET:TYPE`` (``corpus/sized_gguf.py``; the file is written once int
 run; it fills gdnc's graph cache in ``build/real_size/gdnc-cache``), with ``THREADS`` threads,
 on the same ~32-token English prompt, greedy, for a first token then ``--decode`` more:
 
-- gdnc: the real CLI from ``.venv``, ``gdnc run FILE -p PROMPT -n N -t 2 --json --ignore-eos``,
+- gdnc: the real CLI from ``.venv``, ``gdnc run FILE -p PROMPT -n N -t 2 -c CTX --json
+  --ignore-eos`` (``CTX``: the peer's context, so both size their caches alike),
   twice a round (its JSON has no per-token times): ``-n 1`` gives the time to first token (the
   arrival of its first JSON line, written when generation ends, measured from just before the
   spawn; the interpreter's exit is not counted) and ``-n 1+N`` the decode rate, ``N /
@@ -56,6 +57,7 @@ DEFAULT_MODELS = "0.5b:f16,0.5b:q8_0,4b:q4_k"
 PROMPT = ("The for statement is used to iterate over the elements of a sequence, such as a string, "
           "tuple or list.")
 THREADS = 2
+CTX = 512  # tokens of context both sides allocate
 SIDES = ("gdnc", "llama.cpp")
 METRICS = ("rss_kib", "ttft_s", "decode_tok_s")
 BEST = {"ttft_s": min, "decode_tok_s": max}
@@ -144,8 +146,8 @@ def child_env() -> dict[str, str]:
 def gdnc_run(path: Path, n: int, timeout: float, mem_limit: int) -> dict:
     """``gdnc run PATH -n n --json``: ttft_s (its first JSON line's arrival), seconds (its own
     generation timing), rss_kib, wall_s, its sequence's JSON; or {"error": ...}."""
-    cmd = [str(GDNC), "run", str(path), "-p", PROMPT, "-n", str(n), "-t", str(THREADS), "--json",
-           "--ignore-eos"]
+    cmd = [str(GDNC), "run", str(path), "-p", PROMPT, "-n", str(n), "-t", str(THREADS),
+           "-c", str(CTX), "--json", "--ignore-eos"]
     t0, proc = spawn(cmd, child_env(), timeout, mem_limit)
     objs = proc.json_lines()
     if proc.failure() or len(objs) < 2 or "timing" not in objs[-1][1]:
@@ -201,7 +203,7 @@ def llama_child(path: str, decode: int) -> None:
     generated ids but the last (the processor sees a token when the next one is computed)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS,
+    llm = llama_cpp.Llama(model_path=path, n_ctx=CTX, n_threads=THREADS, n_threads_batch=THREADS,
                           n_batch=512, verbose=False)
     banned = llm.tokenize(b"<|endoftext|><|im_start|><|im_end|>", add_bos=False, special=True)
     n_prompt = len(llm.tokenize(PROMPT.encode(), add_bos=False))
