@@ -12,11 +12,7 @@ import onnx
 import pytest
 
 from corpus.zoo import export_hf
-
-
-def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+from tests.cli.processes import gdnc
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib.image
@@ -23,6 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from gdnc.passes.pipeline import ConversionReport
+from tests.cli import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 ONNX_EXAMPLE = ROOT / "examples" / "hf_recurrent_gated_delta_rule_t16.onnx"
@@ -40,13 +39,11 @@ GGUF_STEP = HF_STEP + Counter({"Unsqueeze": 1})
 
 
 def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return processes.gdnc(*args, cwd=ROOT)
 
 
 def gdnc_all(*calls: tuple) -> list[subprocess.CompletedProcess]:
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: gdnc(*args), calls))
+    return processes.gdnc_all(*calls, cwd=ROOT)
 
 
 def texts(svg: Path) -> dict[str, str]:

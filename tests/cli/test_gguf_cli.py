@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,12 @@ import pytest
 
 from corpus.gguf_rewrite import rewrite
 from corpus.tiny_gguf import write_models
+from tests.cli.processes import gdnc, gdnc_all
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gguf"
 GDNC = Path(sys.executable).parent / "gdnc"
 PROMPTS = ("a", "bb cc", "d")
-
-
-def gdnc(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(GDNC), *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env=env)
-
-
-def gdnc_all(*calls: tuple) -> list[subprocess.CompletedProcess]:
-    """Run several independent ``gdnc`` calls at once; results in call order."""
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return list(pool.map(lambda args: gdnc(*args), calls))
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

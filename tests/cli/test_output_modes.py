@@ -19,15 +19,11 @@ from gdnc import progress
 from gdnc.frontends.gguf_file import GgufFile
 from gdnc.models.qwen_hybrid.graph import Composition, build_unfused
 from gdnc.passes.pipeline import fuse_model
+from tests.cli.processes import gdnc, gdnc_all
 
 ROOT = Path(__file__).resolve().parents[2]
 GGUF = ROOT / "examples" / "tiny-qwen35-f16.gguf"
 ONNX = ROOT / "examples" / "hf_recurrent_gated_delta_rule_t16.onnx"
-
-
-def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +57,17 @@ def _commands(tmp: Path, npz: Path) -> dict[str, tuple]:
 @pytest.mark.parametrize("name", ["convert-onnx", "convert-gguf", "inspect-onnx", "inspect-gguf", "run-onnx",
                                   "compare-onnx", "compare-gguf", "logits"])
 def test_json_is_all_of_stdout_and_quiet_prints_nothing(name, tmp_path, npz) -> None:
-    args = _commands(tmp_path, npz)[name]
-    proc = gdnc(*args, "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert isinstance(json.loads(proc.stdout), dict)
-    assert proc.stderr == ""  # no bars, no status lines: JSON users parse stdout, read stderr for errors
-    proc = gdnc(*args, "--quiet")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "" and proc.stderr == ""
-    proc = gdnc(*args)
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    modes = {"json": ("--json",), "quiet": ("--quiet",), "plain": ()}
+    runs = {mode: (*_commands(tmp_path / mode, npz)[name], *flags) for mode, flags in modes.items()}
+    for mode in modes:  # each mode writes its own outputs
+        (tmp_path / mode).mkdir()
+    as_json, quiet, plain = gdnc_all(*runs.values())
+    assert as_json.returncode == 0, as_json.stderr
+    assert isinstance(json.loads(as_json.stdout), dict)
+    assert as_json.stderr == ""  # no bars, no status lines: JSON users parse stdout, read stderr for errors
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "" and quiet.stderr == ""
+    assert plain.returncode == 0 and plain.stdout.strip(), plain.stderr
 
 
 def test_run_json_lines_and_quiet_text_only() -> None:

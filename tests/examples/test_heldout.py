@@ -6,8 +6,6 @@ a different checkpoint is caught."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,16 +16,12 @@ from hypothesis import strategies as st
 
 from gdnc.commands.heldout import evaluate, nll, windows
 from gdnc.models.qwen_hybrid.model import HybridModel
+from tests.cli.processes import gdnc
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "examples" / "tiny-qwen35-f16.gguf"
 CHECKPOINT = ROOT / "examples" / "tiny-qwen35"
 HELDOUT = CHECKPOINT / "heldout.txt"
-
-
-def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
 
 
 @given(st.lists(st.integers(0, 50), max_size=60), st.integers(1, 9), st.one_of(st.none(), st.integers(1, 70)))

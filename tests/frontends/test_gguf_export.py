@@ -8,7 +8,6 @@ import copy
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from gdnc.errors import GdncError, InputError, ModelLoadError
 from gdnc.models.qwen_hybrid.batch import batch_feeds
 from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.state_pool import Entry, StatePool
+from tests.cli.processes import gdnc
 from tests.frontends.test_gguf_models import ARCHS, MAX_ABS, gguf_path, reference
 
 DATA_SUFFIX = r"\.[0-9a-f]{8}\.data"  # save_onnx names each data file for its write
@@ -167,11 +167,6 @@ def test_truncated_gguf_is_refused_without_output(tmp_path):
     with pytest.raises(ModelLoadError):
         export_gguf(bad, tmp_path / "x.onnx", unfused=False)
     assert [p.name for p in tmp_path.iterdir()] == ["cut.gguf"]
-
-
-def gdnc(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gdnc", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:

@@ -32,12 +32,18 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 GPU = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# (backend, algorithm, device, max head dim, examples)
-TARGETS = [("cpu", "recurrent", "cpu", 128, 40), ("cpu", "chunked", "cpu", 128, 40)]
+LENGTHS = (0, 1, 1, 2, 5, 17, 64, 70, 130)
+# Triton's interpreter runs a kernel ~1000x slower: shorter sequences, still across its
+# 64-token chunks, and fewer of them per case
+INTERPRETED = {"lengths": (0, 1, 2, 5, 17, 64, 70), "max_seqs": 3}
+
+# (backend, algorithm, device, max head dim, examples, case options)
+TARGETS = [("cpu", "recurrent", "cpu", 128, 40, {}), ("cpu", "chunked", "cpu", 128, 40, {})]
 if HAS_TRITON and GPU:
-    TARGETS += [("triton", "recurrent", "cuda", 128, 60), ("triton", "chunked", "cuda", 128, 60)]
+    TARGETS += [("triton", a, "cuda", 128, 60, {}) for a in ("recurrent", "chunked")]
 elif HAS_TRITON and INTERPRET:
-    TARGETS += [("triton", "recurrent", "cpu", 32, 12), ("triton", "chunked", "cpu", 32, 8)]
+    TARGETS += [("triton", "recurrent", "cpu", 32, 12, INTERPRETED),
+                ("triton", "chunked", "cpu", 32, 8, INTERPRETED)]
 
 # relative L2 error vs the fp64 reference (SPEC §6); GPU chunked uses tf32 dots
 TOLERANCE = {("recurrent", "fp32"): 1e-5, ("chunked", "fp32"): 1e-4, ("bf16",): 1e-2}
@@ -69,16 +75,14 @@ class Case:
                 f"{self.layout}-{'kda' if self.kda else 'gda'}{'-bf16' if self.bf16_inputs else ''}")
 
 
-LENGTHS = (0, 1, 1, 2, 5, 17, 64, 70, 130)
-
 
 @st.composite
-def cases(draw, max_dim: int, lengths_from: tuple[int, ...] = LENGTHS, seqs: tuple[int, int] = (1, 8),
+def cases(draw, max_dim: int, lengths: tuple[int, ...] = LENGTHS, min_seqs: int = 1, max_seqs: int = 8,
           ) -> Case:
-    """A case of ``seqs`` (min, max) sequences with lengths drawn from ``lengths_from``."""
+    """A case of ``min_seqs..max_seqs`` sequences with lengths drawn from ``lengths``."""
     dims = [d for d in (16, 32, 48, 64, 128) if d <= max_dim]
-    n = draw(st.integers(*seqs))
-    lengths = tuple(draw(st.lists(st.sampled_from(lengths_from), min_size=n, max_size=n)))
+    n = draw(st.integers(min_seqs, max_seqs))
+    drawn = tuple(draw(st.lists(st.sampled_from(lengths), min_size=n, max_size=n)))
     spare = draw(st.integers(0, 3))
     pool = n + spare
     def some_negative(slots):  # about one slot in six becomes -1 (zeros in / no write)
@@ -95,7 +99,7 @@ def cases(draw, max_dim: int, lengths_from: tuple[int, ...] = LENGTHS, seqs: tup
         out_slots = some_negative(draw(st.permutations(range(pool))))
     return Case(
         H=draw(st.sampled_from([1, 2])), group=draw(st.sampled_from([1, 2, 4])),
-        K=draw(st.sampled_from(dims)), V=draw(st.sampled_from(dims)), lengths=lengths,
+        K=draw(st.sampled_from(dims)), V=draw(st.sampled_from(dims)), lengths=drawn,
         spare_slots=spare, in_slots=ins, out_slots=out_slots,
         head_map=draw(st.sampled_from(["interleave", "tile"])),
         layout=draw(st.sampled_from(["kv", "vk"])), kda=draw(st.booleans()),
@@ -179,12 +183,12 @@ def _check(c: Case, backend: str, algorithm: str, device: str) -> None:
         assert _rel(got.ts, ref.ts) <= tol, f"token states differ: {c.id}"
 
 
-@pytest.mark.parametrize(("backend", "algorithm", "device", "max_dim", "examples"), TARGETS,
+@pytest.mark.parametrize(("backend", "algorithm", "device", "max_dim", "examples", "options"), TARGETS,
                          ids=[f"{b}-{a}" for b, a, *_ in TARGETS])
-def test_backend_matches_reference(backend, algorithm, device, max_dim, examples) -> None:
+def test_backend_matches_reference(backend, algorithm, device, max_dim, examples, options) -> None:
     @settings(max_examples=examples, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
-    @given(case=cases(max_dim))
+    @given(case=cases(max_dim, **options))
     def run(case: Case) -> None:
         _check(case, backend, algorithm, device)
 
@@ -218,7 +222,7 @@ class Poison:
 def poisonings(draw, max_dim: int, max_seqs: int) -> tuple[Case, Poison]:
     """A case and a poisoned sequence in it: when there is one, a sequence whose packed
     predecessor ends inside a chunk (its padding would be this sequence's tokens)."""
-    c = draw(cases(max_dim, POISON_LENGTHS, (2, max_seqs)))
+    c = draw(cases(max_dim, POISON_LENGTHS, min_seqs=2, max_seqs=max_seqs))
     after_padding = [n for n in range(1, len(c.lengths)) if c.lengths[n - 1] % KDA_CHUNK]
     seq = draw(st.sampled_from(after_padding or range(len(c.lengths))))
     inputs = st.just(frozenset(POISONABLE)) | st.frozensets(st.sampled_from(POISONABLE), min_size=1)
