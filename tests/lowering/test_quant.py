@@ -188,6 +188,17 @@ def test_dequantize_into_a_scratch_buffer(qtype: str, rows: int, seed: int) -> N
     assert_same_bits(got, reference(raw, qtype))
 
 
+def test_linear_in_and_out_of_inference_mode() -> None:
+    """The kept scratch buffer serves calls made in and out of ``torch.inference_mode``."""
+    rng = np.random.default_rng()
+    w = PackedWeight.from_buffer(random_bytes(rng, "Q8_0", (4, 64), sane=True).reshape(-1), "Q8_0", (4, 64))
+    x = torch.from_numpy(rng.standard_normal((2, 64)).astype(np.float32))
+    packed._SCRATCH.__dict__.clear()
+    with torch.inference_mode():
+        inside = linear(x, w)
+    torch.testing.assert_close(linear(x, w), inside, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("out", [torch.empty(31), torch.empty(32, dtype=torch.float64),
                                  torch.empty(64)[::2]], ids=["size", "dtype", "strided"])
 def test_dequantize_refuses_a_wrong_buffer(out: torch.Tensor) -> None:

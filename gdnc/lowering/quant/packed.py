@@ -149,7 +149,8 @@ def _scratch(numel: int, device: torch.device) -> torch.Tensor:
     kept: dict[torch.device, torch.Tensor] = _SCRATCH.__dict__.setdefault("buffers", {})
     buffer = kept.get(device)
     if buffer is None or buffer.numel() < numel:
-        buffer = kept[device] = torch.empty(numel, dtype=F32, device=device)
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            buffer = kept[device] = torch.empty(numel, dtype=F32, device=device)
     return buffer[:numel]
 
 
