@@ -68,15 +68,18 @@ def test_subgraphs_reading_outer_values(case, tmp_path) -> None:
 
 
 def _fusable_with_if(then_reads: tuple[str, str], else_reads: tuple[str, str]) -> onnx.ModelProto:
-    """The example delta net (16 tokens) plus ``extra = If(c, sum of then_reads, sum of
-    else_reads)``, the values read only inside the branches."""
+    """The example delta net (16 tokens) plus ``extra = If(c, sum of squares of then_reads, of
+    else_reads)``, the values read only inside the branches (squares: a plain sum of signed
+    values cancels, and its fp32 rounding then differs between executors beyond 1e-5)."""
     proto = onnx.load(str(EXAMPLE))
 
     def branch(name: str, reads: tuple[str, str]) -> onnx.GraphProto:
         a, b = (f"{name}_{i}" for i in range(2))
         return helper.make_graph(
-            [helper.make_node("ReduceSum", [reads[0]], [a], keepdims=0),
-             helper.make_node("ReduceSum", [reads[1]], [b], keepdims=0),
+            [helper.make_node("Mul", [reads[0], reads[0]], [f"{a}_sq"]),
+             helper.make_node("Mul", [reads[1], reads[1]], [f"{b}_sq"]),
+             helper.make_node("ReduceSum", [f"{a}_sq"], [a], keepdims=0),
+             helper.make_node("ReduceSum", [f"{b}_sq"], [b], keepdims=0),
              helper.make_node("Add", [a, b], [f"{name}_out"])],
             name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [])])
 
