@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from tests.cli.processes import gdnc, gdnc_all
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gguf"
-GDNC = Path(sys.executable).parent / "gdnc"
 PROMPTS = ("a", "bb cc", "d")
 
 
