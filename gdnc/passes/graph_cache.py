@@ -5,15 +5,14 @@ the unfused graph it came from and on gdnc's code: the key is the SHA-256 of bot
 serialised source graph, every ``gdnc`` source file). A second start of the same model
 configuration reads the fused graph (kilobytes) instead of running the fusion pass.
 
-Where: ``$GDNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/gdnc``, else ``~/.cache/gdnc``; the value
-``off`` disables the cache. A cache that cannot be read or written is passed over silently
-(an unreadable or stale entry is rebuilt and replaced): it only ever saves time.
+Where: ``gdnc/cache_dir.py`` (``$GDNC_CACHE_DIR``; ``off`` disables it). A cache that cannot be
+read or written is passed over silently (an unreadable or stale entry is rebuilt and replaced):
+it only ever saves time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -21,22 +20,12 @@ from pathlib import Path
 import onnx
 
 from gdnc.atomic import open_replacing
+from gdnc.cache_dir import cache_dir
 from gdnc.ir.from_onnx import model_from_proto
 from gdnc.ir.graph import Model
 from gdnc.ir.to_onnx import model_to_proto, proto_with_value_info
 
 PACKAGE = Path(__file__).resolve().parents[1]
-
-
-def cache_dir() -> Path | None:
-    """The cache folder (None: disabled)."""
-    chosen = os.environ.get("GDNC_CACHE_DIR")
-    if chosen == "off":
-        return None
-    if chosen:
-        return Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gdnc"
 
 
 @cache

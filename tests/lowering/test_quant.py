@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gdnc.errors import ModelLoadError, ShapeError
-from gdnc.lowering.quant import packed
+from gdnc.lowering.quant import native_linear, packed
 from gdnc.lowering.quant.blocks import SUPPORTED, block_layout, dequantize, row_bytes
 from gdnc.lowering.quant.packed import PackedWeight, embed, linear
 
@@ -94,8 +94,10 @@ def packed_weight(rng: np.random.Generator, qtype: str, shape: tuple[int, ...]
 
 
 def chunked(monkeypatch: pytest.MonkeyPatch, cols: int, rows_per_chunk: int, extra: int) -> None:
-    """Makes ``packed`` dequantize ``rows_per_chunk`` rows of ``cols`` at a time and fill every
-    output it allocates with NaN first."""
+    """Makes ``packed`` dequantize ``rows_per_chunk`` rows of ``cols`` at a time (the torch path:
+    the native kernel, tested in test_native_linear.py, takes no call) and fill every output it
+    allocates with NaN first."""
+    monkeypatch.setattr(native_linear, "takes", lambda x, qtype: False)
     monkeypatch.setattr(packed, "CHUNK_ELEMENTS", rows_per_chunk * cols + extra % cols)
     allocate = packed._output
     monkeypatch.setattr(packed, "_output", lambda shape, device: allocate(shape, device).fill_(math.nan))
@@ -188,8 +190,9 @@ def test_dequantize_into_a_scratch_buffer(qtype: str, rows: int, seed: int) -> N
     assert_same_bits(got, reference(raw, qtype))
 
 
-def test_linear_in_and_out_of_inference_mode() -> None:
+def test_linear_in_and_out_of_inference_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kept scratch buffer serves calls made in and out of ``torch.inference_mode``."""
+    monkeypatch.setattr(native_linear, "takes", lambda x, qtype: False)
     rng = np.random.default_rng()
     w = PackedWeight.from_buffer(random_bytes(rng, "Q8_0", (4, 64), sane=True).reshape(-1), "Q8_0", (4, 64))
     x = torch.from_numpy(rng.standard_normal((2, 64)).astype(np.float32))

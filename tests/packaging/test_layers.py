@@ -25,6 +25,7 @@ LAYER_OF = {
     "opset": "opset",
     "ir": "ir",
     "__init__": "base", "errors": "base", "progress": "base", "atomic": "base", "interrupt": "base",
+    "cache_dir": "base",
 }
 
 _BELOW_MODELS = {"frontends", "passes", "runtime", "lowering", "opset", "ir", "base"}

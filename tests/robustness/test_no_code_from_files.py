@@ -26,7 +26,7 @@ import pytest
 
 from corpus.gguf_rewrite import rewrite
 from corpus.tiny_gguf import write_models
-from gdnc.passes.graph_cache import cache_dir
+from gdnc.cache_dir import cache_dir
 from tests.robustness.harness import TALLY
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,10 +1,11 @@
 """One weight tensor kept as its raw GGML bytes, and the two ops that read it: ``linear`` (x @ W^T)
 and ``embed`` (rows of W).
 
-Neither widens the whole weight: each dequantizes at most ``CHUNK_ELEMENTS`` elements of it at a
-time (one row at least) into a scratch buffer kept per thread and device (``linear``) or the
-preallocated output (``embed``), and multiplies or keeps that chunk. F32 weights are used in
-place (viewed as float32, no copy).
+Neither widens the whole weight. On the CPU, ``linear`` of up to ``native_linear.MAX_ROWS`` rows
+of x runs the native kernel (each weight read once, dequantized in registers); otherwise each op
+dequantizes at most ``CHUNK_ELEMENTS`` elements of the weight at a time (one row at least) into a
+scratch buffer kept per thread and device (``linear``) or the preallocated output (``embed``), and
+multiplies or keeps that chunk. F32 weights are used in place (viewed as float32, no copy).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from gdnc.errors import ModelLoadError, ShapeError
+from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.blocks import dequantize, row_bytes
 
 # weight elements dequantized at a time (an 8 MiB fp32 temporary). Measured on a 2-core AVX2 CPU
@@ -133,7 +135,12 @@ def _linear_3d(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 
 def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     """Writes x [M, cols] @ W^T into ``out`` [M, rows] (unit column stride), W's rows given
-    as ``raw`` uint8 [rows, row_bytes] of ``qtype``, dequantized a chunk of rows at a time."""
+    as ``raw`` uint8 [rows, row_bytes] of ``qtype``: by the native kernel, which dequantizes while
+    it multiplies, where it takes the call (``native_linear.takes``: CPU, few rows of x), else
+    dequantized a chunk of rows at a time and multiplied by ``torch.mm``."""
+    if native_linear.takes(x, qtype):
+        native_linear.linear_rows(x if x.stride(1) == 1 else x.contiguous(), raw.contiguous(), qtype, out)
+        return
     step = min(_rows_per_chunk(x.shape[1]), raw.shape[0])
     scratch = _scratch(step * x.shape[1], x.device)
     for start in range(0, raw.shape[0], step):

@@ -1,0 +1,84 @@
+"""``x @ W^T`` for a few rows of x, dequantizing W while multiplying: the native kernel of
+``linear_rows.c`` (one pass over the weight's bytes, each weight's value exactly ggml's).
+
+This is the decode path: for up to ``MAX_ROWS`` rows of x it reads each weight once, against
+dequantizing a chunk to float32 and multiplying it (``packed._matmul_chunks``), which writes and
+reads every weight again as 4 bytes. ``reason()`` says why it cannot run here (None when it
+can); ``packed`` then keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from gdnc.errors import ShapeError
+from gdnc.lowering.native import NativeUnavailable, library
+from gdnc.lowering.quant.blocks import row_bytes
+
+SOURCE = Path(__file__).with_name("linear_rows.c")
+QTYPES = {"F16": 0, "BF16": 1, "Q8_0": 2, "Q4_0": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
+# x rows up to which the kernel beats dequantize-a-chunk + torch.mm: measured with weights
+# [4096, 1536], 2 threads, AVX2 (benchmarks/RESULTS.md, "Native weight kernels"): 6-20x at 1
+# row, ~1.3-2x at 64, even at 128 and 512
+MAX_ROWS = 64
+
+
+@cache
+def _kernel() -> Callable[..., int] | str:
+    """The C function, or why there is none."""
+    try:
+        lib = library(SOURCE)
+    except NativeUnavailable as exc:
+        return str(exc)
+    fn = lib.gdnc_linear
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+                   ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+                   ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    kernel: Callable[..., int] = fn
+    return kernel
+
+
+def reason() -> str | None:
+    """Why the native kernel cannot run in this process (None: it can)."""
+    kernel = _kernel()
+    return kernel if isinstance(kernel, str) else None
+
+
+def simd() -> bool:
+    """Whether the kernel takes its AVX2 path on this CPU (False without the kernel)."""
+    kernel = _kernel()
+    return not isinstance(kernel, str) and bool(library(SOURCE).gdnc_has_avx2())
+
+
+def takes(x: torch.Tensor, qtype: str) -> bool:
+    """Whether ``linear_rows`` runs x [M, cols] against a ``qtype`` weight (on the CPU, M <=
+    MAX_ROWS, cols a multiple of 32)."""
+    return (x.device.type == "cpu" and qtype in QTYPES and 0 < x.shape[0] <= MAX_ROWS
+            and x.shape[1] % 32 == 0 and reason() is None)
+
+
+def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor, *,
+                vector: bool = True) -> None:
+    """Writes x [M, cols] @ W^T into ``out`` [M, rows]: W's rows are ``raw`` uint8 [rows,
+    row_bytes] of ``qtype`` (contiguous), x float32 with unit column stride, out float32 with unit
+    column stride, all on the CPU. ``vector=False`` takes the portable path (for tests)."""
+    kernel = _kernel()
+    if isinstance(kernel, str):
+        raise NativeUnavailable(kernel)
+    rows, cols, m = raw.shape[0], x.shape[1], x.shape[0]
+    if (raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous() or x.dtype != torch.float32
+            or x.dim() != 2 or x.stride(1) != 1 or out.dtype != torch.float32 or out.shape != (m, rows)
+            or out.stride(1) != 1 or cols % 32 or raw.shape[1] != row_bytes(qtype, cols)
+            or {t.device.type for t in (x, raw, out)} != {"cpu"}):
+        raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)}, raw {raw.dtype} {list(raw.shape)},"
+                         f" out {out.dtype} {list(out.shape)} do not fit the kernel's contract")
+    status = kernel(QTYPES[qtype], raw.data_ptr(), rows, raw.shape[1], cols, x.data_ptr(),
+                    x.stride(0), m, out.data_ptr(), out.stride(0), torch.get_num_threads(), int(vector))
+    if status:
+        raise ShapeError(f"linear_rows: the kernel refused {qtype} ({status})")
