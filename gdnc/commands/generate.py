@@ -22,6 +22,7 @@ from gdnc import progress
 from gdnc.commands.gguf_model import load_hybrid
 from gdnc.errors import GenerationError, InputError, RewriteError
 from gdnc.frontends.gguf_tokenizer import GgufTokenizer
+from gdnc.lowering.quant import native_linear
 from gdnc.runtime.generation import Request, Scheduler, Sequence
 from gdnc.runtime.sampling import Sampling
 
@@ -182,6 +183,7 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
         sys.stdout.write(("" if quiet else _ending(sched.sequences[0])) + "\n")
     model = sched.model
     timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": model.fused,
+              "native_weights": opts.device == "cpu" and native_linear.reason() is None,
               "parallel": sched.pool.slots, "fused_graph_nodes": model.stats.fused_nodes,
               "fused_graph_builds": model.stats.fused_builds,
               "unfused_graph_builds": model.stats.unfused_builds,

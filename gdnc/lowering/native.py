@@ -43,10 +43,15 @@ def compiler() -> str | None:
     return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
 
 
+def switched_off() -> bool:
+    """Whether the user turned the native kernels off (``GDNC_NATIVE`` = 0, off, no or false)."""
+    return os.environ.get("GDNC_NATIVE", "").lower() in ("0", "off", "no", "false")
+
+
 @cache
 def library(source: Path) -> ctypes.CDLL:
     """``source`` compiled and loaded (once per process); NativeUnavailable with the reason."""
-    if os.environ.get("GDNC_NATIVE", "").lower() in ("0", "off", "no", "false"):
+    if switched_off():
         raise NativeUnavailable(f"GDNC_NATIVE={os.environ['GDNC_NATIVE']}")
     cc = compiler()
     if cc is None:

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gdnc.errors import ShapeError
+from gdnc.errors import GdncWarning, ShapeError
 from gdnc.lowering import native
 from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.blocks import block_layout
@@ -118,14 +118,17 @@ def test_packed_linear_takes_the_kernel_for_few_rows(monkeypatch: pytest.MonkeyP
 
 
 def test_without_the_kernel_linear_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native_linear, "_kernel", lambda: "GDNC_NATIVE=off")
-    assert native_linear.reason() == "GDNC_NATIVE=off" and not native_linear.simd()
+    monkeypatch.setattr(native_linear, "_kernel", lambda: "no C compiler found")
+    native_linear._warn.cache_clear()
+    assert native_linear.reason() == "no C compiler found" and not native_linear.simd()
     rng = np.random.default_rng(7)
     raw, values = _weight(rng, "F16", 4, 2)
     w = PackedWeight.from_buffer(raw.numpy().reshape(-1), "F16", values.shape)
     x = torch.from_numpy(rng.standard_normal((2, values.shape[1])).astype(np.float32))
-    assert_matmul_close(linear(x, w), x, values)
-    with pytest.raises(native.NativeUnavailable, match="GDNC_NATIVE=off"):
+    with pytest.warns(GdncWarning, match=r"unavailable \(no C compiler found\); matmuls take the slower"):
+        assert_matmul_close(linear(x, w), x, values)
+    native_linear._warn.cache_clear()
+    with pytest.raises(native.NativeUnavailable, match="no C compiler found"):
         native_linear.linear_rows(x, raw, "F16", torch.empty(2, 4))
 
 

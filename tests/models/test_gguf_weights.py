@@ -13,6 +13,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from corpus.gguf_rewrite import rewrite
+from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.packed import PackedWeight
 from gdnc.models.qwen_hybrid.model import HybridModel, build_fused
 from gdnc.runtime import memory
@@ -59,8 +60,16 @@ def test_matrices_stay_packed_views_of_the_file(kind: str) -> None:
     assert model.weights.nbytes < 1.1 * file_bytes  # nothing widened to float32
 
 
+@pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))
-def test_logits_equal_the_f32_twin(kind: str, tmp_path: Path) -> None:
+def test_logits_equal_the_f32_twin(kind: str, path: str, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both matmul paths of a packed weight: the native kernel (12 rows of x) and dequantize +
+    torch.mm."""
+    if path == "torch":
+        monkeypatch.setattr(native_linear, "takes", lambda x, qtype: False)
+    elif native_linear.reason() is not None:
+        pytest.skip(f"native kernel unavailable: {native_linear.reason()}")
     twin = HybridModel(str(_f32_twin(EXAMPLES[kind], tmp_path / "twin.gguf")))
     packed = HybridModel(str(EXAMPLES[kind]))
     tokens = _tokens(packed)

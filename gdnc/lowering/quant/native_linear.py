@@ -10,14 +10,15 @@ can); ``packed`` then keeps the torch path.
 from __future__ import annotations
 
 import ctypes
+import warnings
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import torch
 
-from gdnc.errors import ShapeError
-from gdnc.lowering.native import NativeUnavailable, library
+from gdnc.errors import GdncWarning, ShapeError
+from gdnc.lowering.native import NativeUnavailable, library, switched_off
 from gdnc.lowering.quant.blocks import row_bytes
 
 SOURCE = Path(__file__).with_name("linear_rows.c")
@@ -59,8 +60,22 @@ def simd() -> bool:
 def takes(x: torch.Tensor, qtype: str) -> bool:
     """Whether ``linear_rows`` runs x [M, cols] against a ``qtype`` weight (on the CPU, M <=
     MAX_ROWS, cols a multiple of 32)."""
-    return (x.device.type == "cpu" and qtype in QTYPES and 0 < x.shape[0] <= MAX_ROWS
-            and x.shape[1] % 32 == 0 and reason() is None)
+    if not (qtype in QTYPES and 0 < x.shape[0] <= MAX_ROWS and not x.shape[1] % 32
+            and x.device.type == "cpu"):
+        return False
+    kernel = _kernel()
+    if isinstance(kernel, str):
+        _warn(kernel)
+    return not isinstance(kernel, str)
+
+
+@cache
+def _warn(why: str) -> None:
+    """A warning, once per process, that the kernel was wanted and is missing (none when the
+    user switched the native kernels off)."""
+    if not switched_off():
+        warnings.warn(f"the native weight kernel is unavailable ({why}); matmuls take the slower "
+                      "torch path", GdncWarning, stacklevel=3)
 
 
 def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor, *,
@@ -75,7 +90,7 @@ def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tenso
     if (raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous() or x.dtype != torch.float32
             or x.dim() != 2 or x.stride(1) != 1 or out.dtype != torch.float32 or out.shape != (m, rows)
             or out.stride(1) != 1 or cols % 32 or raw.shape[1] != row_bytes(qtype, cols)
-            or {t.device.type for t in (x, raw, out)} != {"cpu"}):
+            or not x.device.type == raw.device.type == out.device.type == "cpu"):
         raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)}, raw {raw.dtype} {list(raw.shape)},"
                          f" out {out.dtype} {list(out.shape)} do not fit the kernel's contract")
     status = kernel(QTYPES[qtype], raw.data_ptr(), rows, raw.shape[1], cols, x.data_ptr(),

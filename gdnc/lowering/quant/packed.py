@@ -119,7 +119,7 @@ def _linear_2d(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     """x [..., cols] @ W^T for a 2-D quantized W [out, cols] -> [..., out]."""
     x2 = x.reshape(-1, w.shape[1])
     out = _output((x2.shape[0], w.shape[0]), x.device)
-    _matmul_chunks(x2, w.raw, w.qtype, out)
+    _matmul(x2, w.raw, w.qtype, out)
     return out.view(*x.shape[:-1], w.shape[0])
 
 
@@ -129,18 +129,24 @@ def _linear_3d(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     xs = x if x.dim() == 3 else x.unsqueeze(0)
     out = _output((n, xs.shape[1], rows), x.device)
     for i in range(n):
-        _matmul_chunks(xs[i if xs.shape[0] == n else 0], w.raw[i], w.qtype, out[i])
+        _matmul(xs[i if xs.shape[0] == n else 0], w.raw[i], w.qtype, out[i])
     return out
 
 
-def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
+def _matmul(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     """Writes x [M, cols] @ W^T into ``out`` [M, rows] (unit column stride), W's rows given
     as ``raw`` uint8 [rows, row_bytes] of ``qtype``: by the native kernel, which dequantizes while
     it multiplies, where it takes the call (``native_linear.takes``: CPU, few rows of x), else
-    dequantized a chunk of rows at a time and multiplied by ``torch.mm``."""
+    by ``_matmul_chunks``."""
     if native_linear.takes(x, qtype):
         native_linear.linear_rows(x if x.stride(1) == 1 else x.contiguous(), raw.contiguous(), qtype, out)
-        return
+    else:
+        _matmul_chunks(x, raw, qtype, out)
+
+
+def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
+    """``_matmul`` in torch: W dequantized a chunk of rows at a time and multiplied by
+    ``torch.mm``."""
     step = min(_rows_per_chunk(x.shape[1]), raw.shape[0])
     scratch = _scratch(step * x.shape[1], x.device)
     for start in range(0, raw.shape[0], step):
