@@ -8,7 +8,7 @@ past the last-level cache, so one row of x streams the weight from memory). The 
 bytes per second at M = 1 are also given as a share of the machine's copy bandwidth (a
 ``torch`` copy of a 256 MiB tensor, bytes read + written).
 Usage: ``.venv/bin/python benchmarks/native_linear.py [--types F16,Q8_0] [--rows 1,4,16,64]
-[--threads 2] [--json OUT]`` (from the repository root); prints a markdown table.
+[--threads 2] [--json OUT]``; prints a markdown table.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from corpus.sized_gguf import MatPlan, random_rows
-from gdnc.lowering.quant import native_linear, packed
-from gdnc.lowering.quant.blocks import row_bytes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: corpus/
+from corpus.sized_gguf import MatPlan, random_rows  # noqa: E402
+from gdnc.lowering.quant import native_linear, packed  # noqa: E402
+from gdnc.lowering.quant.blocks import row_bytes  # noqa: E402
 
 
 def _best(fn: Callable[[], object], seconds: float = 0.3) -> float:

@@ -97,8 +97,8 @@ def test_refuses_what_breaks_its_contract() -> None:
 
 
 @needs_kernel
-@pytest.mark.parametrize(("m", "native_calls"), [(1, 1), (native_linear.MAX_ROWS, 1),
-                                                 (native_linear.MAX_ROWS + 1, 0)])
+@pytest.mark.parametrize(("m", "native_calls"), [(1, 1), (native_linear.MAX_ROWS["Q4_K"], 1),
+                                                 (native_linear.MAX_ROWS["Q4_K"] + 1, 0)])
 def test_packed_linear_takes_the_kernel_for_few_rows(monkeypatch: pytest.MonkeyPatch, m: int,
                                                     native_calls: int) -> None:
     calls: list[str] = []

@@ -1,9 +1,9 @@
 """``x @ W^T`` for a few rows of x, dequantizing W while multiplying: the native kernel of
 ``linear_rows.c`` (one pass over the weight's bytes, each weight's value exactly ggml's).
 
-This is the decode path: for up to ``MAX_ROWS`` rows of x it reads each weight once, against
-dequantizing a chunk to float32 and multiplying it (``packed._matmul_chunks``), which writes and
-reads every weight again as 4 bytes. ``reason()`` says why it cannot run here (None when it
+This is the decode path: for up to ``MAX_ROWS[qtype]`` rows of x it reads each weight once,
+against dequantizing a chunk to float32 and multiplying it (``packed._matmul_chunks``), which
+writes and reads every weight again as 4 bytes. ``reason()`` says why it cannot run here (None when it
 can); ``packed`` then keeps the torch path.
 """
 
@@ -22,11 +22,11 @@ from gdnc.lowering.native import NativeUnavailable, library, switched_off
 from gdnc.lowering.quant.blocks import row_bytes
 
 SOURCE = Path(__file__).with_name("linear_rows.c")
-QTYPES = {"F16": 0, "BF16": 1, "Q8_0": 2, "Q4_0": 3, "Q4_K": 4, "Q5_K": 5, "Q6_K": 6}
-# x rows up to which the kernel beats dequantize-a-chunk + torch.mm: measured with weights
-# [4096, 1536], 2 threads, AVX2 (benchmarks/RESULTS.md, "Native weight kernels"): 6-20x at 1
-# row, ~1.3-2x at 64, even at 128 and 512
-MAX_ROWS = 64
+# x rows up to which the kernel beats dequantize-a-chunk + torch.mm, per type: measured with
+# weights [8192, 4096], 2 threads, AVX2 (benchmarks/native_linear.py; RESULTS.md, "Native weight
+# kernel"): 7-26x at 1 row; at 64 rows 1.1-1.5x for the block types, 0.7x for F16 (1.2x at 16)
+MAX_ROWS = {"F16": 16, "BF16": 16, "Q8_0": 64, "Q4_0": 64, "Q4_K": 64, "Q5_K": 64, "Q6_K": 64}
+QTYPES = {name: code for code, name in enumerate(MAX_ROWS)}  # the codes of linear_rows.c
 
 
 @cache
@@ -59,8 +59,8 @@ def simd() -> bool:
 
 def takes(x: torch.Tensor, qtype: str) -> bool:
     """Whether ``linear_rows`` runs x [M, cols] against a ``qtype`` weight (on the CPU, M <=
-    MAX_ROWS, cols a multiple of 32)."""
-    if not (qtype in QTYPES and 0 < x.shape[0] <= MAX_ROWS and not x.shape[1] % 32
+    MAX_ROWS[qtype], cols a multiple of 32)."""
+    if not (0 < x.shape[0] <= MAX_ROWS.get(qtype, 0) and not x.shape[1] % 32
             and x.device.type == "cpu"):
         return False
     kernel = _kernel()
