@@ -12,5 +12,5 @@ for t in f16 q8_0 q4_k; do
   python3 -m corpus.sized_gguf --preset 0.5b --type "$t" -o "/tmp/0.5b-$t.gguf" || exit 1
 done
 python3 benchmarks/gpu_weights.py /tmp/0.5b-f16.gguf /tmp/0.5b-q8_0.gguf /tmp/0.5b-q4_k.gguf 2>&1 | tee "$OUT/gpu_weights.log"
-python3 -m gdnc run /tmp/0.5b-q4_k.gguf --device cuda -p hello -n 8 -t 4 2>&1 | tail -3
+python3 -m gdnc run /tmp/0.5b-q4_k.gguf --device cuda -p hello -n 8 -t 4 --json 2>&1 | tail -3
 python3 -m gdnc run /tmp/0.5b-q4_k.gguf --device cuda -p hello -n 1 -c 100000000; echo "rc=$?"
