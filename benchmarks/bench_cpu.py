@@ -6,6 +6,7 @@ the median (and min) over the rounds:
 
 - ``gdnc-rec`` / ``gdnc-chunk``: ``gdnc.gated_delta_net(backend="cpu")`` with
   ``algorithm="recurrent"`` / ``"chunked"`` (the public pool form, validation included);
+- ``gdnc-native``: ``backend="native", algorithm="recurrent"`` (the recurrence in C);
 - ``ort-la``: onnxruntime's fused ``com.microsoft::LinearAttention`` (update_rule
   "gated_delta", scale 0 = 1/sqrt(dk), log decay), one-node model, CPU provider;
 - ``ort-unfused``: HF's ``torch_recurrent_gated_delta_rule`` exported with the TorchScript
@@ -93,10 +94,10 @@ class Problem:
             pool = 0.1 * torch.randn(B, HV, K, V, generator=gen)
             self.sets.append((q, k, v, g, beta, pool))
 
-    def gdnc(self, algorithm: str) -> Timer:
+    def gdnc(self, algorithm: str, backend: str = "cpu") -> Timer:
         def run(i: int) -> None:
             q, k, v, g, beta, pool = self.sets[i % self.copies]
-            gated_delta_net(q, k, v, g, beta, pool, self.cu, backend="cpu", algorithm=algorithm)
+            gated_delta_net(q, k, v, g, beta, pool, self.cu, backend=backend, algorithm=algorithm)
         return run
 
     def ort(self, sess: ort.InferenceSession, names: list[str], bsht: bool) -> Timer:
@@ -152,7 +153,7 @@ def decode(rounds: int, batches: tuple[int, ...], bandwidth: float) -> list[dict
         copies = max(2, math.ceil(3 * LLC_BYTES / state_bytes))
         prob = Problem(B, 1, copies)
         unfused, names = unfused_session(B, 1)
-        fns = {"gdnc-rec": prob.gdnc("recurrent"),
+        fns = {"gdnc-rec": prob.gdnc("recurrent"), "gdnc-native": prob.gdnc("recurrent", "native"),
                "ort-la": prob.ort(la_session(B, 1), LA_INPUTS, False),
                "ort-unfused": prob.ort(unfused, names, True)}
         err = prob.agreement(fns["ort-la"], "recurrent")
@@ -160,6 +161,8 @@ def decode(rounds: int, batches: tuple[int, ...], bandwidth: float) -> list[dict
         ms = res["gdnc-rec"]["median_ms"]
         rows.append({"B": B, "layers_rotated": copies, "rel_diff_vs_ort_la": err, **res,
                      "gdnc_pct_copy_bw": 100 * 2 * state_bytes / ms / 1e6 / bandwidth,
+                     "native_pct_copy_bw": 100 * 2 * state_bytes / res["gdnc-native"]["median_ms"]
+                     / 1e6 / bandwidth,
                      "ort_la_pct_copy_bw": 100 * 2 * state_bytes / res["ort-la"]["median_ms"]
                      / 1e6 / bandwidth})
         print(f"decode B={B:<3d}" + "".join(f"  {n} {r['median_ms']:8.3f}" for n, r in res.items()),
@@ -172,6 +175,7 @@ def prefill(rounds: int, lengths: tuple[int, ...]) -> list[dict]:
     for T in lengths:
         prob = Problem(1, T, 1)
         fns = {"gdnc-rec": prob.gdnc("recurrent"), "gdnc-chunk": prob.gdnc("chunked"),
+               "gdnc-native": prob.gdnc("recurrent", "native"),
                "ort-la": prob.ort(la_session(1, T), LA_INPUTS, False)}
         if T <= UNFUSED_MAX_T:
             unfused, names = unfused_session(1, T)
@@ -242,9 +246,9 @@ def main() -> None:
         "break_even": break_even(args.rounds, (16, 64) if args.quick else BREAK_EVEN_LENGTHS),
     }
     print(table("Decode, T=1 per sequence", "B", results["decode"],
-                ["gdnc-rec", "ort-la", "ort-unfused"], "gdnc_pct_copy_bw"))
+                ["gdnc-rec", "gdnc-native", "ort-la", "ort-unfused"], "native_pct_copy_bw"))
     print(table("Prefill, one sequence", "T", results["prefill"],
-                ["gdnc-rec", "gdnc-chunk", "ort-la", "ort-unfused"]))
+                ["gdnc-rec", "gdnc-chunk", "gdnc-native", "ort-la", "ort-unfused"]))
     print(f"\nbreak-even: chunked from T = {results['break_even']['chunked_min_tokens']}")
     results["machine"]["loadavg_at_end"] = os.getloadavg()
     out = Path(__file__).with_name("results_cpu.json")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gdnc.errors import OpArgumentError
+from gdnc.lowering.gated_delta_net import native_cpu
 from gdnc.lowering.gated_delta_net.backends import (
     AUTO_ORDER,
     BACKENDS,
@@ -39,8 +40,9 @@ def _with(call: GdnCall, name: str, x: torch.Tensor) -> GdnCall:
 
 
 def test_registry_names_and_order():
-    assert list(BACKENDS) == ["reference", "cpu", "triton"]
+    assert list(BACKENDS) == ["reference", "cpu", "native", "triton"]
     assert set(AUTO_ORDER) == set(BACKENDS) and AUTO_ORDER[-1] == "cpu"
+    assert AUTO_ORDER.index("native") < AUTO_ORDER.index("cpu")
     assert all(BACKENDS[name].kernels and not BACKENDS[name].oracle for name in KERNEL_BACKENDS)
     assert BACKENDS["reference"].oracle
     assert BACKENDS["cpu"].chunked_min_tokens == 20 and BACKENDS["triton"].chunked_min_tokens == 32
@@ -104,10 +106,14 @@ def test_auto_picks_the_cpu_kernels_for_cpu_tensors_and_the_oracle_for_fp64(seed
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # triton could take CPU tensors, cpu comes first
     rng = random.Random(seed)
     call = _call(seed, rng.choice(KERNEL_DTYPES))
-    assert select_backend("auto", call) is BACKENDS["cpu"]
+    cpu = "cpu" if native_cpu.reason() else "native"  # the C recurrence where it was built
+    assert select_backend("auto", call) is BACKENDS[cpu]
     name = rng.choice(("q", "state_pool"))
     fp64 = _with(call, name, call.operands[name].double())
     assert select_backend("auto", fp64) is BACKENDS["reference"]
+    monkeypatch.setattr(native_cpu, "_kernel", lambda: "no C compiler found")
+    assert select_backend("auto", call) is BACKENDS["cpu"]
+    assert BACKENDS["native"].verify(call) == "backend 'native' is not available: no C compiler found"
     other = rng.choice(("k", "v", "g", "beta"))
     refused_dtype = f"{other}: dtype torch.float64 is not supported by backend 'cpu'"
     with pytest.raises(OpArgumentError, match=refused_dtype):
@@ -125,7 +131,7 @@ def test_auto_picks_triton_for_cuda_tensors():
 
 
 def test_unknown_backend_is_refused():
-    names = r"\['auto', 'reference', 'cpu', 'triton'\]"
+    names = r"\['auto', 'reference', 'cpu', 'native', 'triton'\]"
     with pytest.raises(OpArgumentError, match=rf"backend 'cuda' is not one of {names}"):
         select_backend("cuda", _call(5))
 

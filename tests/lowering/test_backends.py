@@ -38,7 +38,8 @@ LENGTHS = (0, 1, 1, 2, 5, 17, 64, 70, 130)
 INTERPRETED = {"lengths": (0, 1, 2, 5, 17, 64, 70), "max_seqs": 3}
 
 # (backend, algorithm, device, max head dim, examples, case options)
-TARGETS = [("cpu", "recurrent", "cpu", 128, 40, {}), ("cpu", "chunked", "cpu", 128, 40, {})]
+TARGETS = [("cpu", "recurrent", "cpu", 128, 40, {}), ("cpu", "chunked", "cpu", 128, 40, {}),
+           ("native", "recurrent", "cpu", 128, 60, {})]
 if HAS_TRITON and GPU:
     TARGETS += [("triton", a, "cuda", 128, 60, {}) for a in ("recurrent", "chunked")]
 elif HAS_TRITON and INTERPRET:
@@ -201,6 +202,7 @@ def test_backend_matches_reference(backend, algorithm, device, max_dim, examples
 POISON_LENGTHS = (0, 1, 5, 17, 20, 23, 31, 33, 45, 64, 70)
 POISON_TARGETS = [("reference", "auto", "cpu", 32, 4, 5), ("auto", "auto", "cpu", 32, 4, 10)]
 POISON_TARGETS += [("cpu", a, "cpu", 32, 4, 15) for a in ("recurrent", "chunked", "auto")]
+POISON_TARGETS += [("native", a, "cpu", 32, 4, 15) for a in ("recurrent", "auto")]
 if HAS_TRITON and (GPU or INTERPRET):
     POISON_TARGETS += [("triton", a, "cuda" if GPU else "cpu", 64 if GPU else 16, 4 if GPU else 3,
                         30 if GPU else 3) for a in ("recurrent", "chunked", "auto")]

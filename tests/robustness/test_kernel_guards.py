@@ -23,7 +23,7 @@ from tests.robustness.harness import TALLY, hold_to_promise, run_cli
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # on a GPU machine the CPU kernels are covered by the refusal of CUDA tensors (BAD below)
-BACKENDS = ["reference", "cpu", "triton"] if DEVICE == "cpu" else ["reference", "triton"]
+BACKENDS = ["reference", "cpu", "native", "triton"] if DEVICE == "cpu" else ["reference", "triton"]
 LENS, H, HV, K, V, P = (3, 0, 5), 2, 4, 4, 3, 5
 POISON = 1234.5
 

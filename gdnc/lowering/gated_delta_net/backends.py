@@ -1,10 +1,12 @@
 """The GatedDeltaNet backends, one record each: which calls it takes and its kernels.
 
 "reference" is the fp64 oracle (any float dtype, any device, follows autograd); "cpu" the
-vectorised torch kernels (CPU tensors); "triton" the GPU kernels (CUDA tensors, or CPU ones
-under TRITON_INTERPRET=1). The kernel backends take fp32/bf16/fp16 tensors that need no grad
-and have a recurrent and a chunked algorithm (``run(launch: GdnLaunch) -> None``, imported on
-first use). ``select_backend(name, call)`` resolves a name ("auto": the first backend of
+vectorised torch kernels (CPU tensors); "native" the recurrence in C (``native_cpu.py``; CPU
+tensors, where the machine's compiler built it; fp32 launches, others and chunked prefill through
+"cpu"'s kernels); "triton" the GPU kernels (CUDA tensors, or CPU ones under TRITON_INTERPRET=1).
+The kernel backends take fp32/bf16/fp16 tensors that need no grad and have a recurrent and a
+chunked algorithm (``run(launch: GdnLaunch) -> None``, imported on first use).
+``select_backend(name, call)`` resolves a name ("auto": the first backend of
 AUTO_ORDER whose ``auto_for`` claims the call) or raises OpArgumentError with the reason the
 backend refuses.
 """
@@ -27,6 +29,7 @@ Kernel = Callable[[GdnLaunch], None]
 ALGORITHMS = ("recurrent", "chunked")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _SHORT_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+NATIVE_CHUNKED_MIN = 128  # benchmarks/RESULTS.md, "CPU": native recurrent vs torch chunked
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,20 @@ def _every_call(call: GdnCall) -> bool:
 
 def _cpu_device(name: str, device: torch.device) -> str | None:
     return None if device.type == "cpu" else f"backend {name!r} needs CPU tensors, got {device}"
+
+
+def _native_device(name: str, device: torch.device) -> str | None:
+    reason = _cpu_device(name, device)
+    if reason is None:
+        from gdnc.lowering.gated_delta_net import native_cpu
+
+        why = native_cpu.reason()
+        reason = None if why is None else f"backend {name!r} is not available: {why}"
+    return reason
+
+
+def _native_cpu_call(call: GdnCall) -> bool:
+    return _native_device("native", call.device) is None
 
 
 def _cuda_device(name: str, device: torch.device) -> str | None:
@@ -127,13 +144,18 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("reference", differentiable=True, auto_for=_fp64_call),
     Backend("cpu", kernels={"recurrent": ("cpu", "run_recurrent"), "chunked": ("cpu", "run_chunked")},
             dtypes=KERNEL_DTYPES, chunked_min_tokens=20, device_check=_cpu_device),
+    Backend("native",
+            kernels={"recurrent": ("native_cpu", "run_recurrent"), "chunked": ("cpu", "run_chunked")},
+            dtypes=KERNEL_DTYPES, chunked_min_tokens=NATIVE_CHUNKED_MIN, device_check=_native_device,
+            auto_for=_native_cpu_call),
     Backend("triton",
             kernels={"recurrent": ("triton_recurrent", "run"), "chunked": ("triton_chunked", "run")},
             dtypes=KERNEL_DTYPES, chunked_min_tokens=32, device_check=_cuda_device,
             needs_package="triton", auto_for=_cuda_call),
 )}
-AUTO_ORDER = ("reference", "triton", "cpu")  # "auto": fp64 to the oracle, CUDA to Triton, else CPU
-KERNEL_BACKENDS = ("cpu", "triton")
+# "auto": fp64 to the oracle, CUDA to Triton, CPU to the native kernel where it was built, else torch's
+AUTO_ORDER = ("reference", "triton", "native", "cpu")
+KERNEL_BACKENDS = ("native", "cpu", "triton")
 
 
 def first_accepting(call: GdnCall, names: tuple[str, ...] = KERNEL_BACKENDS) -> Backend:
