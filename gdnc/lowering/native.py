@@ -2,7 +2,8 @@
 compiler and loaded with ctypes.
 
 ``library(source)`` gives the loaded library, or raises ``NativeUnavailable`` with the reason
-(no compiler, a failed build, ``GDNC_NATIVE=off``); callers keep a torch path for that case.
+(no compiler, a failed build, ``GDNC_NATIVE=off``); ``function`` gives one typed C function of it
+or that reason. Callers keep a torch path for that case.
 The build (``$CC``, else ``cc``/``gcc``/``clang``; ``-O2 -fPIC -shared -ffp-contract=off``, with
 ``-fopenmp`` when the compiler takes it) lands in ``<cache>/native/`` keyed by the source's bytes,
 the flags, the compiler's path and the machine, written beside and renamed into place (processes
@@ -20,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -61,6 +63,19 @@ def library(source: Path) -> ctypes.CDLL:
         with tempfile.TemporaryDirectory(prefix="gdnc-native-") as tmp:
             return _load(_build(cc, source, Path(tmp)))
     return _load(_build(cc, source, folder / "native"))
+
+
+def function(source: Path, name: str, argtypes: tuple[type, ...]) -> Callable[..., int] | str:
+    """The C function ``name`` of ``source``'s library, typed (``argtypes``, an int result), or
+    why there is none (the NativeUnavailable message)."""
+    try:
+        fn = getattr(library(source), name)
+    except NativeUnavailable as exc:
+        return str(exc)
+    fn.argtypes = list(argtypes)
+    fn.restype = ctypes.c_int
+    typed: Callable[..., int] = fn
+    return typed
 
 
 def _build(cc: str, source: Path, folder: Path) -> Path:

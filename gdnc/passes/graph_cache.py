@@ -53,24 +53,25 @@ def _read(path: Path) -> Model | None:
         return None
 
 
-def _write(path: Path, model: Model) -> None:
+def _write(path: Path, proto: onnx.ModelProto) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open_replacing(path, "wb") as fh:
-            fh.write(proto_with_value_info(model).SerializeToString())
+            fh.write(proto.SerializeToString())
     except Exception:  # noqa: BLE001 - a read-only or full disk costs the next start time, no more
         pass
 
 
 def cached_graph(source: Model, stage: str, build: Callable[[Model], Model]) -> Model:
-    """``build(source)``, or the graph it made for the same source and code before."""
+    """``build(source)``, or the graph it made for the same source and code before. Either way
+    the graph as the cache stores it (every value's type listed), so what follows (a converted
+    file, say) is the same whether the graph was built, read back, or the cache is off."""
     folder = cache_dir()
-    if folder is None:
-        return build(source)
-    path = folder / "graphs" / f"{stage}-{graph_key(source, stage)[:32]}.onnx"
-    found = _read(path) if path.is_file() else None
+    path = None if folder is None else folder / "graphs" / f"{stage}-{graph_key(source, stage)[:32]}.onnx"
+    found = _read(path) if path is not None and path.is_file() else None
     if found is not None:
         return found
-    built = build(source)
-    _write(path, built)
-    return built
+    proto = proto_with_value_info(build(source))
+    if path is not None:
+        _write(path, proto)
+    return model_from_proto(proto)

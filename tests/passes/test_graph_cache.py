@@ -82,3 +82,21 @@ def test_a_cached_graph_keeps_every_value_shape(tmp_path: Path, monkeypatch: pyt
     inner = [n for n in built.graph.values if built.graph.producer(n) is not None]
     assert inner and all(read.graph.values[n].shape == built.graph.values[n].shape == ("T", 4)
                          for n in inner)
+
+
+@pytest.mark.parametrize("where", ["off", "folder"])
+def test_built_read_back_or_uncached_the_graph_is_the_same(tmp_path: Path, where: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A converted file must not depend on whether its fused graph came from the cache: the
+    graph returned on a miss (or with the cache off) is the one a later hit reads back, with
+    the intermediate value's shape listed."""
+    typed = _source()
+    infer_shapes(typed)
+    assert any(v.shape is not None for n, v in typed.graph.values.items() if n not in ("x", "y"))
+    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
+    hit_source = cached_graph(typed, "t", lambda m: m)  # fills the cache
+    hit = cached_graph(typed, "t", lambda m: m)
+    monkeypatch.setenv("GDNC_CACHE_DIR", "off" if where == "off" else str(tmp_path / "other"))
+    built = cached_graph(typed, "t", lambda m: m)
+    assert _bytes(built) == _bytes(hit) == _bytes(hit_source)
+    assert model_to_proto(hit).graph.value_info  # the intermediate shapes, listed

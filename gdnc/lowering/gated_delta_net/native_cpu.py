@@ -21,7 +21,7 @@ import torch
 from gdnc.errors import ExecutionError
 from gdnc.lowering.gated_delta_net import cpu
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch
-from gdnc.lowering.native import NativeUnavailable, library
+from gdnc.lowering.native import function
 from gdnc.opset.gated_delta_net import L2NORM_EPS
 
 SOURCE = Path(__file__).with_name("recurrent.c")
@@ -31,16 +31,8 @@ _P = ctypes.c_void_p
 @cache
 def _kernel() -> Callable[..., int] | str:
     """The C function, or why there is none."""
-    try:
-        lib = library(SOURCE)
-    except NativeUnavailable as exc:
-        return str(exc)
-    fn = lib.gdnc_gdn_recurrent
-    fn.argtypes = [_P] * 13 + [ctypes.c_long] * 5 + [ctypes.c_int] * 4 + [ctypes.c_float] * 2 + \
-        [ctypes.c_int] * 2
-    fn.restype = ctypes.c_int
-    kernel: Callable[..., int] = fn
-    return kernel
+    return function(SOURCE, "gdnc_gdn_recurrent", (_P,) * 13 + (ctypes.c_long,) * 5 + (ctypes.c_int,) * 4
+                    + (ctypes.c_float,) * 2 + (ctypes.c_int,) * 2)
 
 
 def reason() -> str | None:

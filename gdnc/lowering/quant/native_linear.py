@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from gdnc.errors import GdncWarning, ShapeError
-from gdnc.lowering.native import NativeUnavailable, library, switched_off
+from gdnc.lowering.native import NativeUnavailable, function, library, switched_off
 from gdnc.lowering.quant.blocks import row_bytes
 
 SOURCE = Path(__file__).with_name("linear_rows.c")
@@ -27,22 +27,14 @@ SOURCE = Path(__file__).with_name("linear_rows.c")
 # kernel"): 7-26x at 1 row; at 64 rows 1.1-1.5x for the block types, 0.7x for F16 (1.2x at 16)
 MAX_ROWS = {"F16": 16, "BF16": 16, "Q8_0": 64, "Q4_0": 64, "Q4_K": 64, "Q5_K": 64, "Q6_K": 64}
 QTYPES = {name: code for code, name in enumerate(MAX_ROWS)}  # the codes of linear_rows.c
+_P, _L = ctypes.c_void_p, ctypes.c_long
 
 
 @cache
 def _kernel() -> Callable[..., int] | str:
     """The C function, or why there is none."""
-    try:
-        lib = library(SOURCE)
-    except NativeUnavailable as exc:
-        return str(exc)
-    fn = lib.gdnc_linear
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_long,
-                   ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
-                   ctypes.c_int, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    kernel: Callable[..., int] = fn
-    return kernel
+    return function(SOURCE, "gdnc_linear", (ctypes.c_int, _P, _L, _L, _L, _P, _L, _L, _P, _L,
+                                            ctypes.c_int, ctypes.c_int))
 
 
 def reason() -> str | None:
