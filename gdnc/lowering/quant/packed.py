@@ -1,11 +1,12 @@
 """One weight tensor kept as its raw GGML bytes, and the two ops that read it: ``linear`` (x @ W^T)
 and ``embed`` (rows of W).
 
-Neither widens the whole weight. On the CPU, ``linear`` of up to ``native_linear.MAX_ROWS`` rows
-of x (per type) runs the native kernel (each weight read once, dequantized in registers); otherwise each op
-dequantizes at most ``CHUNK_ELEMENTS`` elements of the weight at a time (one row at least) into a
-scratch buffer kept per thread and device (``linear``) or the preallocated output (``embed``), and
-multiplies or keeps that chunk. F32 weights are used in place (viewed as float32, no copy).
+Neither widens the whole weight. On the CPU, ``linear`` of up to ``native_linear.MAX_ROWS``
+rows of x (per type) runs the native kernel (each weight read once, dequantized in registers);
+otherwise each op dequantizes at most ``CHUNK_ELEMENTS`` elements of the weight at a time (one
+row at least) into a scratch buffer kept per thread and device (``linear``) or the preallocated
+output (``embed``), and multiplies or keeps that chunk. F32 weights are used in place (viewed as
+float32, no copy).
 """
 
 from __future__ import annotations
