@@ -7,9 +7,10 @@ or that reason. Callers keep a torch path for that case.
 The build (``$CC``, else ``cc``/``gcc``/``clang``; ``-O2 -fPIC -shared -ffp-contract=off``, with
 ``-fopenmp`` when the compiler takes it) lands in ``<cache>/native/`` keyed by the source's bytes,
 the flags, the compiler's path and the machine, written beside and renamed into place (processes
-starting at once each build and one file wins); with the cache off it lands in a temporary
-folder that is removed once loaded. A library built with OpenMP shares the OpenMP runtime torch
-has already loaded (same soname), so its threads are torch's.
+starting at once each build and one file wins); with the cache off, or a cache folder that cannot
+be written, it lands in a temporary folder that is removed once loaded. A library built with
+OpenMP shares the OpenMP runtime torch has already loaded (same soname), so its threads are
+torch's.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class NativeUnavailable(GdncError):
     """The native kernels cannot be used here; the message says why."""
 
 
+class _Unwritable(NativeUnavailable):
+    """The build's folder cannot be written."""
+
+
 def compiler() -> str | None:
     """The C compiler to use: ``$CC``, else the first of cc, gcc, clang on PATH."""
     chosen = os.environ.get("CC")
@@ -59,10 +64,18 @@ def library(source: Path) -> ctypes.CDLL:
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC, or install cc/gcc/clang)")
     folder = cache_dir()
-    if folder is None:
-        with tempfile.TemporaryDirectory(prefix="gdnc-native-") as tmp:
-            return _load(_build(cc, source, Path(tmp)))
-    return _load(_build(cc, source, folder / "native"))
+    if folder is not None:
+        try:
+            return _load(_build(cc, source, folder / "native"))
+        except _Unwritable:
+            pass  # a read-only cache: build for this process alone, as with the cache off
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="gdnc-native-")
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot write the native build to {tempfile.gettempdir()}: "
+                                f"{exc.strerror or exc}") from None
+    with tmp:
+        return _load(_build(cc, source, Path(tmp.name)))
 
 
 def function(source: Path, name: str, argtypes: tuple[type, ...]) -> Callable[..., int] | str:
@@ -91,8 +104,7 @@ def _build(cc: str, source: Path, folder: Path) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             staged = Path(tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")[1])
         except OSError as exc:
-            raise NativeUnavailable(f"cannot write the native build to {folder}: "
-                                    f"{exc.strerror or exc}") from None
+            raise _Unwritable(f"cannot write the native build to {folder}: {exc.strerror or exc}") from None
         try:
             done = subprocess.run([cc, *flags, str(source), "-o", str(staged)], capture_output=True,
                                   text=True, timeout=BUILD_SECONDS, check=False)

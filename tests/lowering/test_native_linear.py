@@ -197,12 +197,18 @@ def test_a_compile_error_names_the_compilers_last_line(source: Path, tmp_path: P
     assert "\n" not in str(info.value)
 
 
-def test_an_unwritable_cache_is_one_line(source: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unwritable_cache_builds_in_a_temporary_folder(source: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    if native.compiler() is None:
+        pytest.skip("no C compiler")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("GDNC_CACHE_DIR", str(blocker / "below"))
-    if native.compiler() is None:
-        pytest.skip("no C compiler")
-    with pytest.raises(native.NativeUnavailable, match="cannot write the native build"):
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert _build(source).twice(3) == 6  # type: ignore[attr-defined]
+    assert not list((tmp_path / "tmp").iterdir())
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "tmp"))  # nowhere to write at all
+    with pytest.raises(native.NativeUnavailable, match="cannot write the native build") as info:
         _build(source)
+    assert "\n" not in str(info.value)
