@@ -216,9 +216,14 @@ def test_a_non_finite_input_stays_in_its_sequence_through_a_chunked_prefill(mode
             sched.submit(r)
         runs.append(sched.run())
     clean, poisoned = runs
-    assert [s.status for s in poisoned] == ["done", "failed", "done"], context
+    assert poisoned[1].status == "failed", context
     for n in (0, 2):
-        assert poisoned[n].generated == clean[n].generated, f"{context}: sequence {n}"
+        # a clean sequence may itself generate the poisoned token: fed back, it reads the
+        # poisoned row honestly and fails there, after the same tokens
+        fed_back = POISONED_TOKEN in clean[n].generated[:-1]
+        cut = clean[n].generated.index(POISONED_TOKEN) + 1 if fed_back else None
+        assert poisoned[n].status == ("failed" if fed_back else "done"), f"{context}: sequence {n}"
+        assert poisoned[n].generated == clean[n].generated[:cut], f"{context}: sequence {n}"
     TALLY.note("serving", "NaN inputs kept in their sequence through a chunked prefill")
 
 
