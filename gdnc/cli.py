@@ -97,6 +97,8 @@ def run(
     prefill_chunk: int | None = typer.Option(
         None, rich_help_panel=GEN, help="feed prompts in chunks of this many tokens, between decodes"),
     fused_gdn: str = typer.Option("auto", "--fused-gdn", rich_help_panel=GEN, help="on, off or auto (= on)"),
+    interpret: bool = typer.Option(False, "--interpret",
+                                   help="run the graph op by op (the reference interpreter), not compiled"),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", rich_help_panel=GEN,
                                     help="generate all n tokens, past EOS"),
     temperature: float = typer.Option(0.0, "--temp", "--temperature", rich_help_panel=SAMPLING,
@@ -128,7 +130,8 @@ def run(
     from gdnc.commands.run import run as command
 
     command(model, prompt=prompt, prompt_file=prompt_file, n_new=n_new, parallel=parallel, ctx=ctx,
-            prefill_chunk=prefill_chunk, fused_gdn=fused_gdn, ignore_eos=ignore_eos, temperature=temperature,
+            prefill_chunk=prefill_chunk, fused_gdn=fused_gdn, interpret=interpret, ignore_eos=ignore_eos,
+            temperature=temperature,
             seed=seed, top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
             inputs=inputs, output=output, device=device, gpu_layers=gpu_layers, threads=threads,
             as_json=as_json, quiet=quiet, out=out, err=err)

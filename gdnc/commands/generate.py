@@ -45,6 +45,7 @@ class GenerateOptions:
     prefill_chunk: int | None = None
     device: str = "cpu"
     ignore_eos: bool = False
+    compiled: bool = True  # the fused graph as one generated function (False: the interpreter)
 
     @property
     def shown(self) -> list[str]:
@@ -77,7 +78,7 @@ def _scheduler(path: Path, opts: GenerateOptions) -> tuple[Scheduler, GgufTokeni
     if opts.n_new < 1:
         raise InputError(f"-n must be >= 1, got {opts.n_new}")
     model = load_hybrid(path, fused=opts.fused != "off", device=opts.device,
-                        prefill_chunk=opts.prefill_chunk)
+                        prefill_chunk=opts.prefill_chunk, compiled=opts.compiled)
     tokenizer = GgufTokenizer.from_metadata(model.file.metadata)
     ids = [_encode(tokenizer, p, i, len(opts.prompts)) for i, p in enumerate(opts.prompts)]
     for text, toks in zip(opts.shown, ids):
@@ -184,7 +185,8 @@ def generate_text(path: Path, opts: GenerateOptions, out: Console, err: Console,
     model = sched.model
     timing = {**sched.timing.to_json(), "device": opts.device, "fused_gdn": model.fused,
               "native_weights": opts.device == "cpu" and native_linear.reason() is None,
-              "parallel": sched.pool.slots, "fused_graph_nodes": model.stats.fused_nodes,
+              "parallel": sched.pool.slots, "compiled": model.fused and opts.compiled,
+              "fused_graph_nodes": model.stats.fused_nodes,
               "fused_graph_builds": model.stats.fused_builds,
               "unfused_graph_builds": model.stats.unfused_builds,
               "unfused_graph_nodes": {",".join(map(str, k)): v

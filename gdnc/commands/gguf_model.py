@@ -15,10 +15,12 @@ from gdnc.runtime.state_pool import Entry
 
 
 def load_hybrid(path: str | Path, *, fused: bool, device: str, file: GgufFile | None = None,
-                prefill_chunk: int | None = None) -> GgufModel:
+                prefill_chunk: int | None = None, compiled: bool = True) -> GgufModel:
     """The model of the GGUF file ``path`` (``file``: that file, already read) on ``device``, its
-    fused graph or unfused ones; ``prefill_chunk``: prompts fed in chunks of that many tokens."""
-    return open_gguf(str(path), fused=fused, device=device, file=file, prefill_chunk=prefill_chunk)
+    fused graph (compiled, or interpreted) or unfused ones; ``prefill_chunk``: prompts fed in
+    chunks of that many tokens."""
+    return open_gguf(str(path), fused=fused, device=device, file=file, prefill_chunk=prefill_chunk,
+                     compiled=compiled)
 
 
 def batch_logits(model: GgufModel, prompts: Sequence[Sequence[int]]) -> list[torch.Tensor]:

@@ -17,7 +17,8 @@ from gdnc.frontends.model_kind import GGUF, model_kind
 
 
 def run(model: Path, *, prompt: list[str], prompt_file: list[Path], n_new: int, parallel: int | None,
-        ctx: int | None, prefill_chunk: int | None, fused_gdn: str, ignore_eos: bool, temperature: float,
+        ctx: int | None, prefill_chunk: int | None, fused_gdn: str, interpret: bool, ignore_eos: bool,
+        temperature: float,
         seed: int, top_k: int, top_p: float, repeat_penalty: float, repeat_last_n: int,
         inputs: Path | None, output: Path | None, device: str | None, gpu_layers: str | None,
         threads: int | None, as_json: bool, quiet: bool, out: Console, err: Console) -> None:
@@ -41,16 +42,17 @@ def run(model: Path, *, prompt: list[str], prompt_file: list[Path], n_new: int, 
         opts = GenerateOptions(prompts=read_prompts(prompt, prompt_file), n_new=n_new,
                                parallel=parallel, sampling=sampling,
                                fused=fused_gdn if fused_flag(fused_gdn) else "off", ctx=ctx,
-                               prefill_chunk=prefill_chunk, device=resolved, ignore_eos=ignore_eos)
+                               prefill_chunk=prefill_chunk, device=resolved, ignore_eos=ignore_eos,
+                               compiled=not interpret)
         generate_text(model, opts, out, err, as_json=as_json, quiet=quiet)
         return
     if inputs is None:
         raise InputError("an ONNX model needs --inputs X.npz (a GGUF model takes -p PROMPT)")
-    _run_onnx(model, inputs, output, resolved, as_json, quiet, out, err)
+    _run_onnx(model, inputs, output, resolved, not interpret, as_json, quiet, out, err)
 
 
-def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_json: bool,
-              quiet: bool, out: Console, err: Console) -> None:
+def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, compiled: bool,
+              as_json: bool, quiet: bool, out: Console, err: Console) -> None:
     import numpy as np
 
     from gdnc.commands.npz_io import load_npz, save_npz
@@ -61,7 +63,8 @@ def _run_onnx(model: Path, inputs: Path, output: Path | None, device: str, as_js
     command_files.check(models=[model], inputs=[inputs], outputs=[output])
     feeds = load_npz(inputs)
     with progress.bars(err, enabled=not (as_json or quiet)):
-        results = {k: array_from_tensor(v) for k, v in Executor(load_onnx(model), device).run(feeds).items()}
+        executor = Executor(load_onnx(model), device, compiled=compiled)
+        results = {k: array_from_tensor(v) for k, v in executor.run(feeds).items()}
         if output is not None:
             save_npz(output, results)
     summary = {k: {"shape": list(v.shape), "dtype": str(v.dtype),

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from gdnc.frontends.gguf_file import GgufFile
     from gdnc.models.gguf_model import GgufModel
 
-# (path, its opened file, fused, device, prefill_chunk) -> the family's model
-Loader = Callable[[str, "GgufFile", bool, str, "int | None"], "GgufModel"]
+# (path, its opened file, fused, device, prefill_chunk, compiled) -> the family's model
+Loader = Callable[[str, "GgufFile", bool, str, "int | None", bool], "GgufModel"]
 
 
 @dataclass(frozen=True)

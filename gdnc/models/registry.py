@@ -36,10 +36,11 @@ def family_of(f: GgufFile) -> Family:
 
 
 def open_gguf(path: str, fused: bool = True, device: str = "cpu", file: GgufFile | None = None,
-              prefill_chunk: int | None = None) -> GgufModel:
+              prefill_chunk: int | None = None, compiled: bool = True) -> GgufModel:
     """The model of GGUF file ``path`` (``file``: it already opened, to share), built by its
     family: fused or unfused graphs on ``device``, prompts fed ``prefill_chunk`` tokens at a
-    time (None: the family's default). The options are checked before the file is read."""
+    time (None: the family's default), the fused graph ``compiled`` or interpreted. The options
+    are checked before the file is read."""
     from gdnc.frontends.gguf_file import GgufFile  # numpy and gguf load with the first model
     from gdnc.runtime.batch_plan import Limits
     from gdnc.runtime.device import runtime_device
@@ -47,4 +48,4 @@ def open_gguf(path: str, fused: bool = True, device: str = "cpu", file: GgufFile
     Limits.for_prefill_chunk(prefill_chunk)
     runtime_device(device)
     f = file or GgufFile(path)
-    return family_of(f).load(str(path), f, fused, device, prefill_chunk)
+    return family_of(f).load(str(path), f, fused, device, prefill_chunk, compiled)

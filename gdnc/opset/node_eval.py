@@ -37,6 +37,7 @@ def op_context(node: Node, opset: int) -> OpContext:
         opset=opset,
         num_outputs=len(node.outputs),
         node_name=node.name,
+        num_inputs=len(node.inputs),
     )
 
 

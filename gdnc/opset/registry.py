@@ -31,6 +31,7 @@ class OpContext:
     opset: int
     num_outputs: int
     node_name: str = ""
+    num_inputs: int = 0  # as the node lists them, omitted optional ones included
     run_subgraph: Callable[..., list[torch.Tensor]] | None = field(default=None, repr=False)
     # input positions whose tensors this call owns and may overwrite (nothing reads them after)
     donated: frozenset[int] = frozenset()
@@ -40,9 +41,15 @@ class OpContext:
 
 
 OpImpl = Callable[[OpContext, list[Any]], list[torch.Tensor]]
+# (the node's context, its constant inputs by position: None for an omitted one, a host value at a
+# ``host_inputs`` position, else the value on the run's device) -> a function of the node's other
+# inputs, in order, returning its one output, exactly as the implementation would; None: no
+# such function for this node (the implementation runs)
+Specializer = Callable[[OpContext, Mapping[int, Any]], Callable[..., Any] | None]
 
 _REGISTRY: dict[tuple[str, str], list[tuple[int, OpImpl]]] = {}
 _HOST_INPUTS: dict[tuple[str, str], frozenset[int]] = {}
+_SPECIALIZERS: dict[OpImpl, Specializer] = {}
 
 
 def _norm_domain(domain: str) -> str:
@@ -82,6 +89,49 @@ def lookup(domain: str, op_type: str, opset: int) -> OpImpl:
 def host_inputs(domain: str, op_type: str) -> frozenset[int]:
     """Input positions of ``domain::op_type`` read as host numbers (see ``register``)."""
     return _HOST_INPUTS.get((_norm_domain(domain), op_type), frozenset())
+
+
+def specializes(impl: OpImpl) -> Callable[[Specializer], Specializer]:
+    """Decorator: register the ``Specializer`` of ``impl`` (what a compiled graph calls instead
+    of ``impl`` for one node whose attributes and constant inputs are known)."""
+
+    def deco(fn: Specializer) -> Specializer:
+        _SPECIALIZERS[impl] = fn
+        return fn
+
+    return deco
+
+
+def specialized(impl: OpImpl, ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., Any] | None:
+    """The function ``impl``'s specializer makes for a node (see ``Specializer``), or None."""
+    fn = _SPECIALIZERS.get(impl)
+    return None if fn is None or ctx.num_outputs != 1 else fn(ctx, constants)
+
+
+def with_constants(fn: Callable[..., Any], constants: Mapping[int, Any], arity: int) -> Callable[..., Any]:
+    """``fn`` of ``arity`` positional inputs as a function of those not in ``constants``."""
+    if not constants:
+        return fn
+    if set(constants) == set(range(1, arity)):
+        rest = tuple(constants[i] for i in range(1, arity))
+        return lambda x: fn(x, *rest)
+
+    def call(*dynamic: Any) -> Any:
+        it = iter(dynamic)
+        return fn(*(constants[i] if i in constants else next(it) for i in range(arity)))
+
+    return call
+
+
+def direct(fn: Callable[..., Any], arity: int) -> Specializer:
+    """The specializer of an op computing ``fn(*inputs)`` of ``arity`` required inputs."""
+
+    def specializer(ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., Any] | None:
+        if any(v is None for v in constants.values()) or len(constants) >= arity:
+            return None
+        return with_constants(fn, constants, arity)
+
+    return specializer
 
 
 def supported_ops() -> dict[str, list[int]]:

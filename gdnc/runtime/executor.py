@@ -23,6 +23,7 @@ from gdnc.ir.graph import Graph, Model
 from gdnc.opset.node_eval import op_context
 from gdnc.opset.onnx_ops.dtypes import tensor_from_array, torch_dtype
 from gdnc.opset.registry import OpContext, OpImpl, host_inputs, lookup
+from gdnc.runtime.compiled import CompiledGraph, compile_plan
 from gdnc.runtime.device import runtime_device
 
 
@@ -150,13 +151,18 @@ class Executor:
     must not read them afterwards, only the outputs."""
 
     def __init__(self, model: Model, device: str | torch.device = "cpu", donate: Iterable[str] = (),
-                 bound: Mapping[str, object] | None = None) -> None:
+                 bound: Mapping[str, object] | None = None, compiled: bool = False) -> None:
         """``bound``: values of graph inputs given once, on ``device`` (a model's weights: tensors,
-        or ``PackedWeight`` for the ``ai.gdnc`` ops that read them); they are no feeds."""
+        or ``PackedWeight`` for the ``ai.gdnc`` ops that read them); they are no feeds.
+        ``compiled``: run the plan as one generated function (``runtime.compiled``; graphs with
+        subgraphs stay interpreted) instead of op by op."""
         self.model = model
         self.device = runtime_device(device)
         self.bound = frozenset(bound or ())
-        self.runner = GraphRunner(model.graph, model.opset_imports, self.device, donate, bound)
+        self.runner: GraphRunner | CompiledGraph = GraphRunner(model.graph, model.opset_imports,
+                                                               self.device, donate, bound)
+        if compiled:
+            self.runner = compile_plan(self.runner) or self.runner
 
     @property
     def input_names(self) -> list[str]:

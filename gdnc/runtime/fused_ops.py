@@ -3,6 +3,9 @@ file holds them) and ORT's LinearAttention with the runtime."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 
 from gdnc.errors import UnsupportedOpError
@@ -10,7 +13,7 @@ from gdnc.lowering.gated_delta_net.api import run_fused_node
 from gdnc.lowering.quant.packed import PackedWeight, embed, linear
 from gdnc.opset.gated_delta_net import DOMAIN, INPUT_INDEX, INPUTS, OP_TYPE, GdnAttrs, by_position
 from gdnc.opset.packed_weights import EMBED, LINEAR
-from gdnc.opset.registry import OpContext, register
+from gdnc.opset.registry import OpContext, register, specializes
 
 
 @register(OP_TYPE, domain=DOMAIN)
@@ -27,6 +30,18 @@ def packed_linear(ctx: OpContext, inputs: list) -> list:
     if isinstance(w, PackedWeight):
         return [linear(x, w)]
     return [torch.matmul(x, w.transpose(-1, -2))]
+
+
+@specializes(packed_linear)
+def packed_linear_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., Any] | None:
+    """A bound weight: x @ W^T by its type, decided once."""
+    if set(constants) != {1}:
+        return None
+    w = constants[1]
+    if isinstance(w, PackedWeight):
+        return lambda x: linear(x, w)
+    wt = w.transpose(-1, -2)
+    return lambda x: torch.matmul(x, wt)
 
 
 @register(EMBED, domain=DOMAIN)

@@ -144,3 +144,12 @@ def test_ngl_maps_to_a_device(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="-ngl 99: this machine has no CUDA device"):
         device_for(None, "99")
+
+
+def test_interpret_runs_the_same_tokens_op_by_op() -> None:
+    """``--interpret``: the reference interpreter instead of the compiled program, same tokens."""
+    runs = [records(gdnc("run", ROOT / "examples" / "tiny-qwen35-q8_0.gguf", "-p", "hello", "-p",
+                         "two words", "-n", 6, "--json", *extra)) for extra in ((), ("--interpret",))]
+    assert [[r["generated_ids"] for r in seqs] for seqs, _ in runs][0] == \
+        [[r["generated_ids"] for r in seqs] for seqs, _ in runs][1]
+    assert [timing["compiled"] for _, timing in runs] == [True, False]

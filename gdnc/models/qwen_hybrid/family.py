@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 ARCHITECTURES = ("qwen35", "qwen35moe", "qwen3next")
 
 
-def load(path: str, file: GgufFile, fused: bool, device: str, prefill_chunk: int | None) -> HybridModel:
+def load(path: str, file: GgufFile, fused: bool, device: str, prefill_chunk: int | None,
+         compiled: bool) -> HybridModel:
     from gdnc.models.qwen_hybrid.model import HybridModel  # torch loads with the first model
 
-    return HybridModel(path, fused=fused, device=device, file=file, prefill_chunk=prefill_chunk)
+    return HybridModel(path, fused=fused, device=device, file=file, prefill_chunk=prefill_chunk,
+                       compiled=compiled)
 
 
 FAMILY = Family("qwen_hybrid", ARCHITECTURES, load)

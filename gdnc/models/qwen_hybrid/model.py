@@ -67,9 +67,13 @@ class HybridModel:
     """A GGUF hybrid: ``logits = model.forward(pool, batch)`` (fused or unfused graphs)."""
 
     def __init__(self, path: str, fused: bool = True, device: str = "cpu",
-                 file: GgufFile | None = None, prefill_chunk: int | None = None) -> None:
+                 file: GgufFile | None = None, prefill_chunk: int | None = None,
+                 compiled: bool = True) -> None:
         """``file``: an already opened ``path`` to share (its dequantized weights too);
-        ``prefill_chunk``: most new tokens of a sequence per run (default ``DEFAULT_CHUNK``)."""
+        ``prefill_chunk``: most new tokens of a sequence per run (default ``DEFAULT_CHUNK``);
+        ``compiled``: the fused graph runs as one generated function, not op by op (the
+        interpreter; unfused graphs always are interpreted)."""
+        self.compiled = compiled
         self.limits = Limits.for_prefill_chunk(prefill_chunk)
         self.path, self.fused, self.device = str(path), fused, runtime_device(device)
         self.file = file or GgufFile(path)
@@ -115,7 +119,8 @@ class HybridModel:
     def fused_executor(self) -> Executor:
         if self._fused is None:
             model = build_fused(self.file, self.cfg)
-            self._fused = pooled_executor(model, self.device, self.weights.prepare(model))
+            self._fused = pooled_executor(model, self.device, self.weights.prepare(model),
+                                          compiled=self.compiled)
             self.stats.fused_builds += 1
             self.stats.fused_nodes = len(model.graph)
         return self._fused

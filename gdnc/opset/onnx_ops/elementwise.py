@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gdnc.errors import UnsupportedOpError
 from gdnc.opset.onnx_ops.dtypes import torch_dtype
 from gdnc.opset.onnx_ops.shape_ops import as_ints, optional_input
-from gdnc.opset.registry import OpContext, OpImpl, register
+from gdnc.opset.registry import OpContext, OpImpl, direct, register, specializes
 
 Fn = Callable[..., torch.Tensor]
 
@@ -76,11 +76,19 @@ _VARIADIC: dict[str, tuple[Fn, int]] = {
 
 
 def _unary(fn: Fn) -> OpImpl:
-    return lambda ctx, inputs: [fn(inputs[0])]
+    def impl(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+        return [fn(inputs[0])]
+
+    specializes(impl)(direct(fn, 1))
+    return impl
 
 
 def _binary(fn: Fn) -> OpImpl:
-    return lambda ctx, inputs: [fn(inputs[0], inputs[1])]
+    def impl(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
+        return [fn(inputs[0], inputs[1])]
+
+    specializes(impl)(direct(fn, 2))
+    return impl
 
 
 def _variadic(fn: Fn) -> OpImpl:
@@ -137,6 +145,12 @@ def _isinf(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 def _cast(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     """Float -> int truncates toward zero; anything -> bool is ``!= 0``."""
     return [inputs[0].to(torch_dtype(ctx.attr("to")))]
+
+
+@specializes(_cast)
+def _cast_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    dtype = torch_dtype(ctx.attr("to"))
+    return None if constants else (lambda x: x.to(dtype))
 
 
 @register("CastLike", since=15)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gdnc.errors import UnsupportedOpError
 from gdnc.opset.onnx_ops.dtypes import torch_dtype
 from gdnc.opset.onnx_ops.shape_ops import norm_axis, optional_input
-from gdnc.opset.registry import OpContext, OpImpl, register
+from gdnc.opset.registry import OpContext, OpImpl, direct, register, specializes
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -30,6 +30,9 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @register("MatMul", since=1)
 def _matmul_op(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [_matmul(inputs[0], inputs[1])]
+
+
+specializes(_matmul_op)(direct(_matmul, 2))
 
 
 @register("Gemm", since=7)
@@ -81,6 +84,11 @@ def _softmax_impl(fn: Callable[..., torch.Tensor]) -> OpImpl:
         axis = norm_axis(ctx.attr("axis", 1), x.dim())
         rows = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
         return [fn(rows, dim=1).reshape(x.shape)]
+
+    @specializes(impl)
+    def specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., torch.Tensor] | None:
+        axis = ctx.attr("axis", -1)
+        return None if constants or ctx.opset < 13 else (lambda x: fn(x, dim=axis))
 
     return impl
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from gdnc.opset.onnx_ops.shape_ops import as_ints, axes_arg, norm_axis
-from gdnc.opset.registry import OpContext, OpImpl, register
+from gdnc.opset.registry import OpContext, OpImpl, register, specializes
 
 Reducer = Callable[[torch.Tensor, tuple[int, ...], bool], torch.Tensor]
 
@@ -53,6 +53,18 @@ def _reduce_impl(fn: Reducer, input_since: int) -> OpImpl:
             return [fn(x.unsqueeze(0), (0,), False).to(x.dtype)]
         dims = tuple(range(x.dim())) if not axes else tuple(norm_axis(a, x.dim()) for a in axes)
         return [fn(x, dims, bool(ctx.attr("keepdims", 1))).to(x.dtype)]
+
+    @specializes(impl)
+    def specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., torch.Tensor] | None:
+        """Constant, non-empty axes."""
+        if ctx.opset < input_since:
+            axes, known = ctx.attr("axes"), not constants
+        else:
+            axes, known = constants.get(1), set(constants) == {1}
+        if not known or axes is None or not as_ints(axes):
+            return None
+        dims, keep = tuple(as_ints(axes)), bool(ctx.attr("keepdims", 1))
+        return lambda x: fn(x, dims, keep).to(x.dtype)
 
     return impl
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,10 @@ import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
 from gdnc.opset.onnx_ops.dtypes import attr_tensor
-from gdnc.opset.registry import OpContext, register
+from gdnc.opset.registry import OpContext, register, specializes
+
+Fn = Callable[..., torch.Tensor]
+_HUGE = 2**62  # beyond any dim: Slice bounds past it clamp alike, and torch takes it without a warning
 
 
 def as_ints(value: Any) -> list[int]:
@@ -65,11 +68,31 @@ def _reshape(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [x.reshape(shape)]
 
 
+@specializes(_reshape)
+def _reshape_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    """A constant shape without 0 (or with allowzero): one reshape."""
+    if set(constants) != {1} or constants[1] is None:
+        return None
+    shape = tuple(as_ints(constants[1]))
+    if 0 in shape and not ctx.attr("allowzero", 0):
+        return None
+    return lambda x: x.reshape(shape)
+
+
 @register("Transpose", since=1)
 def _transpose(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     x = inputs[0]
     perm = ctx.attr("perm") or list(range(x.dim() - 1, -1, -1))
     return [x.permute(as_ints(perm))]
+
+
+@specializes(_transpose)
+def _transpose_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    perm = ctx.attr("perm")
+    if constants or not perm:
+        return None
+    dims = tuple(as_ints(perm))
+    return lambda x: x.permute(dims)
 
 
 @register("Unsqueeze", since=1, host_inputs=(1,))
@@ -80,6 +103,30 @@ def _unsqueeze(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     for axis in sorted(norm_axis(a, rank) for a in axes):
         x = x.unsqueeze(axis)
     return [x]
+
+
+@specializes(_unsqueeze)
+def _unsqueeze_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    """Constant axes, none negative: unsqueezes in increasing order."""
+    if ctx.opset < 13:
+        axes = ctx.attr("axes")
+        known = not constants
+    else:
+        axes, known = constants.get(1), set(constants) == {1}
+    if not known or axes is None:
+        return None
+    dims = sorted(as_ints(axes))
+    if not dims or dims[0] < 0 or len(set(dims)) != len(dims):
+        return None
+    if len(dims) == 1:
+        return lambda x: x.unsqueeze(dims[0])
+
+    def unsqueeze(x: torch.Tensor) -> torch.Tensor:
+        for d in dims:
+            x = x.unsqueeze(d)
+        return x
+
+    return unsqueeze
 
 
 @register("Squeeze", since=1, host_inputs=(1,))
@@ -105,6 +152,14 @@ def _flatten(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
 @register("Concat", since=4)
 def _concat(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     return [torch.cat(inputs, dim=ctx.attr("axis"))]
+
+
+@specializes(_concat)
+def _concat_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    axis = ctx.attr("axis")
+    if constants or axis is None:
+        return None
+    return lambda *xs: torch.cat(xs, dim=axis)
 
 
 @register("Split", since=2, host_inputs=(1,))
@@ -147,6 +202,28 @@ def _slice(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         x = _slice_axis(x, norm_axis(axis, x.dim()), start, end, step)
     return [x]
+
+
+@specializes(_slice)
+def _slice_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | None:
+    """Constant bounds, positive steps, axes >= 0 and distinct: one indexing by Python slices
+    (which clamp exactly as Slice does for positive steps)."""
+    if ctx.opset < 10 or set(constants) != set(range(1, ctx.num_inputs)):
+        return None
+    starts, ends, axes, steps = (constants.get(i) for i in range(1, 5))
+    if starts is None or ends is None:
+        return None
+    starts, ends = as_ints(starts), as_ints(ends)
+    axes_ = as_ints(axes) if axes is not None else list(range(len(starts)))
+    steps_ = as_ints(steps) if steps is not None else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes_) == len(steps_) or min(steps_, default=1) < 1 \
+            or min(axes_, default=0) < 0 or len(set(axes_)) != len(axes_):
+        return None
+    index: list[slice] = [slice(None)] * (max(axes_, default=-1) + 1)
+    for start, end, axis, step in zip(starts, ends, axes_, steps_):
+        index[axis] = slice(*(min(max(v, -_HUGE), _HUGE) for v in (start, end)), step)
+    key = tuple(index)
+    return lambda x: x[key]
 
 
 @register("Expand", since=8, host_inputs=(1,))
