@@ -221,7 +221,7 @@ def _slice_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Fn | Non
         return None
     index: list[slice] = [slice(None)] * (max(axes_, default=-1) + 1)
     for start, end, axis, step in zip(starts, ends, axes_, steps_):
-        index[axis] = slice(*(min(max(v, -_HUGE), _HUGE) for v in (start, end)), step)
+        index[axis] = slice(min(max(start, -_HUGE), _HUGE), min(max(end, -_HUGE), _HUGE), step)
     key = tuple(index)
     return lambda x: x[key]
 
