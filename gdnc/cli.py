@@ -173,6 +173,8 @@ def bench(
     shape: list[str] = typer.Option([], help="op level also at HV,K,V, e.g. 32,128,128 (repeatable)"),
     threads: int | None = typer.Option(None, help="torch and onnxruntime threads (default: torch's)"),
     quick: bool = typer.Option(False, "--quick", help="the small grid and few rounds (seconds)"),
+    e2e: bool = typer.Option(False, "--e2e", help="instead: the fused model end to end, prefill-512, "
+                             "decode-64 of 1 and of 4 sequences (tokens/s)"),
     plot: Path | None = typer.Option(None, help="write a figure of the results here (.png, .svg, .pdf)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
@@ -182,7 +184,8 @@ def bench(
     from gdnc.commands.bench import bench as command
 
     command(model, device=device, batches=batches, lengths=lengths, rounds=rounds, shape=shape,
-            threads=threads, quick=quick, plot=plot, as_json=as_json, quiet=quiet, out=out, err=err)
+            threads=threads, quick=quick, e2e=e2e, plot=plot, as_json=as_json, quiet=quiet, out=out,
+            err=err)
 
 
 @app.command()

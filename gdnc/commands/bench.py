@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    import torch
 
 from gdnc.commands import command_files
 from gdnc.frontends.model_kind import require_gguf
 
 
 def bench(model: Path, *, device: str, batches: str | None, lengths: str | None, rounds: int | None,
-          shape: list[str], threads: int | None, quick: bool, plot: Path | None, as_json: bool,
-          quiet: bool, out: Console, err: Console) -> None:
+          shape: list[str], threads: int | None, quick: bool, e2e: bool, plot: Path | None,
+          as_json: bool, quiet: bool, out: Console, err: Console) -> None:
     """The command, its options as typed (strings parsed here)."""
     require_gguf(model, "bench")  # before the bench's own (slow) imports
     command_files.check(inputs=[model], outputs=[plot])
@@ -30,6 +34,10 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
 
     opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
     resolved = runtime_device(opts.device)
+    if e2e:
+        _end_to_end(model, resolved, opts.rounds if rounds is not None else None, plot, as_json, quiet,
+                    out, err)
+        return
     if plot is not None:
         check_plot_target(plot)
     result = measure(model, opts, resolved, err, show=not (as_json or quiet))
@@ -41,3 +49,19 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
         print_tables(out, result)
         if plot is not None:
             out.print(f"wrote {plot}")
+
+
+def _end_to_end(model: Path, device: torch.device, rounds: int | None, plot: Path | None, as_json: bool,
+                quiet: bool, out: Console, err: Console) -> None:
+    """``--e2e``: the fused model end to end (``gdnc.bench.end_to_end``)."""
+    from gdnc.bench.end_to_end import ROUNDS, measure_e2e
+    from gdnc.commands.bench_tables import e2e_table
+    from gdnc.errors import InputError
+
+    if plot is not None:
+        raise InputError("--plot draws the fused-vs-unfused grid, not --e2e")
+    result = measure_e2e(model, device, rounds=rounds or ROUNDS, console=err, show=not (as_json or quiet))
+    if as_json:
+        out.print_json(json.dumps(result.to_json()))
+    elif not quiet:
+        out.print(e2e_table(result))

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from gdnc.bench.results import FUSED, BenchResult, Measure, Suite
+
+if TYPE_CHECKING:
+    from gdnc.bench.end_to_end import EndToEnd
 
 
 def number(v: float) -> str:
@@ -82,3 +86,23 @@ def print_tables(console: Console, result: BenchResult) -> None:
     console.print(header(result), highlight=False)
     for suite in result.suites:
         console.print(suite_table(suite))
+
+
+def e2e_table(result: EndToEnd) -> Table:
+    """``--e2e``: one row per figure, tokens/s and (decode) the share of the rate that reading
+    the weights once a step at the copy bandwidth would allow."""
+    d = result.device
+    table = Table(title=f"gdnc bench --e2e {Path(result.model).name} ({result.arch}) on {d['name']} "
+                        f"({d['kind']}, {d['threads']} threads), "
+                        f"{'compiled' if result.compiled else 'interpreted'}, median of {result.rounds}",
+                  caption=f"weights read per decode step {_mib(result.weight_bytes)} MiB; copy bandwidth "
+                          f"{number(result.copy_bandwidth_gbps)} GB/s (read + write)",
+                  title_justify="left")
+    for head in ("test", "tok/s", "% of weight-read bound"):
+        table.add_column(head, justify="right" if head != "test" else "left")
+    bound = result.decode_bound_tok_s
+    table.add_row(f"prefill {result.prompt}", number(result.prefill_tok_s), "")
+    table.add_row(f"decode {result.decode}, 1 sequence", number(result.decode_tok_s),
+                  f"{100 * result.decode_tok_s / bound:.0f}")
+    table.add_row(f"decode {result.decode}, {result.seqs} sequences", number(result.batch_decode_tok_s), "")
+    return table

@@ -3,8 +3,9 @@
 ``compile_plan(runner)`` turns a ``GraphRunner``'s plan into straight-line code over local
 variables: each node becomes one line calling either its op's specialized function (attributes
 and constant inputs decided once: ``opset.registry.Specializer``) or, where the op has none, its
-implementation with the context prepared once. Nodes whose inputs are all constants (a weight's
-transpose) are evaluated at compile time; intermediates are deleted after their last reader, as
+implementation with the context prepared once. The ``Linear`` nodes of one input run as one call
+(``linear_groups``). Nodes whose inputs are all constants (a weight's transpose) are evaluated
+at compile time; intermediates are deleted after their last reader, as
 the interpreter frees them. A failing node is named exactly as the interpreter names it: the
 traceback's line in the generated code gives the node. Graphs with subgraphs (If, Loop, Scan)
 are not compiled (``compile_plan`` returns None): the interpreter runs them.
@@ -18,12 +19,15 @@ from __future__ import annotations
 import itertools
 import linecache
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
 
 from gdnc.errors import ExecutionError, GdncError, first_line
+from gdnc.lowering.quant.packed import linear_group
 from gdnc.opset.registry import specialized
+from gdnc.runtime.linear_groups import linear_groups
 
 # ops whose value is not a function of their inputs: never evaluated at compile time
 _NOT_FOLDED = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -85,8 +89,21 @@ def compile_plan(runner: Any) -> CompiledGraph | None:
     local.update({name: f"v{i}" for i, name in enumerate(_feeds(graph, constants))})
     lines: dict[int, tuple[str, str]] = {}
     fast = folded = 0
+    groups = linear_groups(runner.steps, constants)
+    grouped = {member for members in groups.values() for member in members[1:]}
     for k, step in enumerate(runner.steps):
         host = dict(step.host_args)
+        if k in grouped:  # computed with the first of its group
+            line = "pass"
+        elif k in groups:
+            members = [runner.steps[j] for j in groups[k]]
+            namespace[f"s{k}"] = partial(linear_group, ws=[constants[m.inputs[1]] for m in members])
+            targets = _targets(local, tuple(m.outputs[0] for m in members))
+            line = f"{targets}, = s{k}({_read(local, constant, step.inputs[0])})"
+            fast += len(members)
+        if k in grouped or k in groups:
+            _append(body, lines, line, step, local, constants)
+            continue
         if _foldable(step, constants):
             try:
                 outs = step.impl(step.ctx, [host.get(j, constants[n]) if n else None
@@ -115,17 +132,23 @@ def compile_plan(runner: Any) -> CompiledGraph | None:
             if named:
                 picks = "".join(f"r[{j}], " for j, _ in named)
                 line += f"; {_targets(local, tuple(n for _, n in named))}, = ({picks})"
-        dead = [local[n] for n in step.frees if n in local and n not in constants]
-        if dead:
-            line += f"; del {', '.join(dead)}"
-        lines[len(body) + 2] = (step.name, step.op)  # body line k is file line k + 2
-        body.append(line)
+        _append(body, lines, line, step, local, constants)
     body.append(f"return ({''.join(_read(local, constant, n) + ', ' for n in graph.outputs)})")
     filename = f"<gdnc program {next(_serial)}>"
     source = "def program(feeds):\n" + "".join(f"    {line}\n" for line in body)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102  (our own generated code)
     return CompiledGraph(namespace["program"], filename, lines, len(runner.steps), folded, fast)
+
+
+def _append(body: list[str], lines: dict[int, tuple[str, str]], line: str, step: Any,
+            local: Mapping[str, str], constants: Mapping[str, Any]) -> None:
+    """Adds ``step``'s ``line`` to the program, deleting the values it read last."""
+    dead = [local[n] for n in step.frees if n in local and n not in constants]
+    if dead:
+        line += f"; del {', '.join(dead)}"
+    lines[len(body) + 2] = (step.name, step.op)  # body line k is file line k + 2
+    body.append(line)
 
 
 def _feeds(graph: Any, constants: Mapping[str, Any]) -> list[str]:

@@ -157,3 +157,18 @@ def test_ort_peer_computes_the_same_output():
     fused_call(x)(0)
     torch.testing.assert_close(o_ort.reshape(x.o.shape), x.o, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(state_ort, x.pools[0], rtol=1e-4, atol=1e-5)
+
+
+def test_end_to_end_json_and_table() -> None:
+    """``--e2e``: prefill-512, decode-64 of one and of four sequences, as JSON and as a table."""
+    as_json, table = gdnc_all(("bench", MODEL, "--e2e", "--json", "--rounds", "1"),
+                              ("bench", MODEL, "--e2e", "--rounds", "1"))
+    result = json.loads(_ok(as_json).stdout)
+    assert (result["prompt"], result["decode"], result["seqs"], result["rounds"]) == (512, 64, 4, 1)
+    assert result["compiled"] and result["weight_bytes"] > 0 and result["device"]["kind"] == "cpu"
+    assert all(math.isfinite(result[k]) and result[k] > 0
+               for k in ("prefill_tok_s", "decode_tok_s", "batch_decode_tok_s", "copy_bandwidth_gbps"))
+    text = _ok(table).stdout
+    assert all(row in text for row in ("prefill 512", "decode 64, 1 sequence", "decode 64, 4 sequences"))
+    refused = run_cli(["bench", str(MODEL), "--e2e", "--plot", "x.png"])
+    assert refused.code == 1 and "--plot" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1

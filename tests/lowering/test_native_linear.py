@@ -20,7 +20,7 @@ from gdnc.errors import GdncWarning, ShapeError
 from gdnc.lowering import native
 from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.blocks import block_layout
-from gdnc.lowering.quant.packed import PackedWeight, linear
+from gdnc.lowering.quant.packed import PackedWeight, linear, linear_group
 from tests.lowering.test_quant import assert_matmul_close, random_bytes, reference
 
 QTYPES = sorted(native_linear.QTYPES)
@@ -115,6 +115,59 @@ def test_packed_linear_takes_the_kernel_for_few_rows(monkeypatch: pytest.MonkeyP
     x = torch.from_numpy(rng.standard_normal((m, values.shape[1])).astype(np.float32))
     assert_matmul_close(linear(x, w), x, values)
     assert len(calls) == native_calls
+
+
+@needs_kernel
+@settings(max_examples=25, deadline=None)
+@given(qtypes=st.lists(st.sampled_from(QTYPES), min_size=1, max_size=4),
+       rows=st.lists(st.integers(1, 19), min_size=4, max_size=4), m=st.integers(1, 9),
+       threads=st.integers(1, 3), vector=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_a_group_of_weights_is_each_weight_alone(qtypes: list[str], rows: list[int], m: int, threads: int,
+                                                 vector: bool, seed: int) -> None:
+    """One call over several weights (types mixed, rows split over threads across weights)
+    writes exactly what one call per weight writes."""
+    rng = np.random.default_rng(seed)
+    cols = 256
+    raws = [torch.from_numpy(random_bytes(rng, q, (r, cols), sane=True)) for q, r in zip(qtypes, rows)]
+    x = torch.from_numpy(rng.standard_normal((m, cols)).astype(np.float32))
+    together = [torch.full((m, r.shape[0]), math.nan) for r in raws]
+    alone = [torch.full((m, r.shape[0]), math.nan) for r in raws]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        native_linear.linear_rows_many(x, raws, qtypes, together, vector=vector)
+        for raw, qtype, out in zip(raws, qtypes, alone):
+            native_linear.linear_rows(x, raw, qtype, out, vector=vector)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(together, alone):
+        assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_linear_group_takes_one_call_where_the_kernel_takes_every_weight(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    kernel = native_linear.linear_rows_many
+
+    def spy(x: torch.Tensor, raws: list, qtypes: list, outs: list, **kw: bool) -> None:
+        calls.append(len(raws))
+        kernel(x, raws, qtypes, outs, **kw)
+
+    monkeypatch.setattr(native_linear, "linear_rows_many", spy)
+    rng = np.random.default_rng(8)
+    weights = []
+    for qtype, n in (("Q8_0", 5), ("F16", 3), ("Q4_K", 7)):
+        raw, values = _weight(rng, qtype, n, 256 // max(block_layout(qtype)[0], 32))
+        weights.append((PackedWeight.from_buffer(raw.numpy().reshape(-1), qtype, values.shape), values))
+    for m, want in ((3, [3]), (native_linear.MAX_ROWS["F16"] + 1, [1, 1])):  # F16 leaves the group
+        calls.clear()
+        x = torch.from_numpy(rng.standard_normal((1, m, 256)).astype(np.float32))
+        outs = linear_group(x, [w for w, _ in weights])
+        for out, (w, values) in zip(outs, weights):
+            assert out.shape == (1, m, w.shape[0])
+            assert_matmul_close(out[0], x[0], values)
+        assert calls == want
 
 
 def test_without_the_kernel_linear_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,8 @@ import torch
 
 from gdnc.errors import OpArgumentError
 from gdnc.lowering.gated_delta_net.backends import ALGORITHMS, GdnCall, select_backend
-from gdnc.lowering.gated_delta_net.checks import GdnShapes, validate
+from gdnc.lowering.gated_delta_net.call_plan import CallPlan, Launch, plan_for
+from gdnc.lowering.gated_delta_net.checks import GdnShapes, index_values, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.reference import gated_delta_net_reference
 from gdnc.opset.gated_delta_net import INPUTS, OUTPUTS, REQUIRED_INPUTS, GdnAttrs, by_position
@@ -81,14 +82,18 @@ def gated_delta_net(
         raise OpArgumentError(
             f"gated_delta_net: algorithm {algorithm!r} is not one of {['auto', *ALGORITHMS]}"
         )
-    chosen = select_backend(backend, GdnCall(
-        {"q": q, "k": k, "v": v, "g": g, "beta": beta, "state_pool": state_pool}))
-    shp = validate(
-        q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
-        head_map=head_map, state_layout=state_layout, token_states=token_states,
-    )
+    values = index_values(cu_seqlens, state_in_index, state_out_index)
+    operands = (q, k, v, g, beta, state_pool, token_states)
+    options = (backend, algorithm, head_map, state_layout, out is None)
+
+    def make() -> CallPlan:
+        return _plan(operands, cu_seqlens, state_in_index, state_out_index, values, options)
+
+    plan = make() if values is None else plan_for(
+        operands, (cu_seqlens, state_in_index, state_out_index), values, options, make)
+    shp = plan.shapes
     o = _output(out, shp, v)
-    if chosen.oracle:
+    if plan.backend.oracle:
         o_ref = gated_delta_net_reference(
             q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
             scale=scale, qk_l2norm=qk_l2norm, head_map=head_map, state_layout=state_layout,
@@ -97,26 +102,44 @@ def gated_delta_net(
         return o_ref if out is None else o.copy_(o_ref)
     opts = GdnOptions(scale=shp.K**-0.5 if scale is None else float(scale), qk_l2norm=qk_l2norm,
                       head_map=head_map, state_layout=state_layout)
+    state_src = state_pool if plan.snapshot is None else state_pool[plan.snapshot]
+    for launch in plan.launches:
+        starts, lengths, in_index, out_index = launch.indices
+        plan.backend.kernel(launch.algorithm)(GdnLaunch(
+            q=q, k=k, v=v, g=g, beta=beta, o=o, state_src=state_src, state_dst=state_pool,
+            starts=starts, lengths=lengths, in_index=in_index, out_index=out_index,
+            token_states=token_states, shapes=shp, opts=opts, max_len=launch.max_len,
+        ))
+    return o
+
+
+def _plan(operands: tuple, cu_seqlens: torch.Tensor, state_in_index: torch.Tensor | None,
+          state_out_index: torch.Tensor | None, values: list[list[int] | None] | None,
+          options: tuple) -> CallPlan:
+    """Validate a call, choose its backend and lay out its launches (``call_plan``)."""
+    q, k, v, g, beta, state_pool, token_states = operands
+    backend, algorithm, head_map, state_layout, _ = options
+    chosen = select_backend(backend, GdnCall(
+        {"q": q, "k": k, "v": v, "g": g, "beta": beta, "state_pool": state_pool}))
+    shp = validate(
+        q, k, v, g, beta, state_pool, cu_seqlens, state_in_index, state_out_index,
+        head_map=head_map, state_layout=state_layout, token_states=token_states, host=values,
+    )
     device = q.device
     ins, outs = list(shp.in_slots), list(shp.out_slots)
     reader = {slot: n for n, slot in enumerate(ins) if slot >= 0}
-    state_src = state_pool
+    snapshot = None
     if any(slot >= 0 and reader.get(slot, n) != n for n, slot in enumerate(outs)):
         # an out slot is another sequence's in slot: snapshot the in states first
-        state_src = state_pool[_index([max(s, 0) for s in ins], device)]
+        snapshot = _index([max(s, 0) for s in ins], device)
         ins = [n if slot >= 0 else -1 for n, slot in enumerate(ins)]
     groups: dict[str, list[int]] = {}
-    for n, length in enumerate(shp.seq_lens):
-        groups.setdefault(chosen.algorithm_for(algorithm, length), []).append(n)
-    for algo, seqs in groups.items():
-        starts, lengths, in_index, out_index = _launch_indices(shp, seqs, ins, outs, device)
-        chosen.kernel(algo)(GdnLaunch(
-            q=q, k=k, v=v, g=g, beta=beta, o=o, state_src=state_src, state_dst=state_pool,
-            starts=starts, lengths=lengths, in_index=in_index, out_index=out_index,
-            token_states=token_states, shapes=shp, opts=opts,
-            max_len=max(shp.seq_lens[n] for n in seqs),
-        ))
-    return o
+    if not chosen.oracle:
+        for n, length in enumerate(shp.seq_lens):
+            groups.setdefault(chosen.algorithm_for(algorithm, length), []).append(n)
+    launches = tuple(Launch(algo, _launch_indices(shp, seqs, ins, outs, device),
+                            max(shp.seq_lens[n] for n in seqs)) for algo, seqs in groups.items())
+    return CallPlan(shp, chosen, snapshot, launches)
 
 
 def _flatten_batch(

@@ -115,6 +115,15 @@ def _to_host(*tensors: torch.Tensor | None) -> list[list[int] | None]:
     return out
 
 
+def index_values(*tensors: torch.Tensor | None) -> list[list[int] | None] | None:
+    """The values of index tensors as ``validate`` reads them (one transfer), None unless every
+    given one is 1-D int64 and all are on one device (``validate`` then says what is wrong)."""
+    given = [x for x in tensors if x is not None]
+    if any(x.dtype != torch.int64 or x.dim() != 1 for x in given) or len({x.device for x in given}) > 1:
+        return None
+    return _to_host(*tensors)
+
+
 def _check_slots(name: str, values: list[int] | None, P: int) -> None:
     bad = [s for s in values or [] if s >= P]
     if bad:
@@ -135,6 +144,7 @@ def validate(
     head_map: str,
     state_layout: str,
     token_states: torch.Tensor | None,
+    host: list[list[int] | None] | None = None,
 ) -> GdnShapes:
     """Check a packed-layout call against SPEC §2.2; raise OpArgumentError on the first problem.
 
@@ -142,7 +152,7 @@ def validate(
     [T_total, HV]; state_pool [P, HV, K, V] ("kv") or [P, HV, V, K] ("vk"); cu_seqlens int64
     [N+1]; state_in_index / state_out_index int64 [N] or None; token_states None or
     [T_total, HV, K, V] ("kv") / [T_total, HV, V, K] ("vk"). Float tensors may be any
-    floating dtype.
+    floating dtype. ``host``: the index values already read (``index_values``).
     """
     if head_map not in HEAD_MAPS:
         raise _fail("head_map", f"{head_map!r} is not one of {list(HEAD_MAPS)}")
@@ -195,7 +205,7 @@ def validate(
     N = cu_seqlens.numel() - 1
     _check_index("state_in_index", state_in_index, N)
     _check_index("state_out_index", state_out_index, N)
-    host = _to_host(cu_seqlens, state_in_index, state_out_index)
+    host = host or _to_host(cu_seqlens, state_in_index, state_out_index)
     cu, ins, outs = cast(list[int], host[0]), host[1], host[2]
     if cu[0] != 0:
         raise _fail("cu_seqlens", f"must start at 0, starts at {cu[0]}")

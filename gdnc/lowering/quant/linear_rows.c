@@ -1,14 +1,17 @@
 /* x @ W^T for a weight W held as its ggml blocks, dequantizing while it multiplies.
 
-   gdnc_linear(qtype, w, rows, row_bytes, cols, x, ldx, m, y, ldy, threads, simd):
+   gdnc_linear_many(count, qtypes, ws, rows, row_bytes, cols, x, ldx, m, ys, ldys, threads, simd):
+     for each of `count` weights W = ws[s] (qtypes[s], rows[s] rows of row_bytes[s] bytes), y = ys[s]:
      y[i * ldy + r] = sum_c x[i * ldx + c] * W[r, c]   for i < m, r < rows
    W: rows of row_bytes bytes, each cols / 32 (or cols / 256) blocks of qtype; x, y: float32.
    Each weight is dequantized to exactly the float32 value ggml's dequantize_row_* gives (every
    product one IEEE fp32 operation in ggml's order; built with -ffp-contract=off), then
    multiplied and summed in float32 (fused multiply-adds on the AVX2 path); only the order of
-   the sum differs from dequantize-then-matmul. Rows are split evenly over `threads` OpenMP
-   threads; simd = 0 forces the portable path. Returns 0, or -1 for a qtype it does not know.
-   Reads nothing outside W's rows and x's m rows; writes nothing but y's m x rows entries. */
+   the sum differs from dequantize-then-matmul. All weights' rows, taken one weight after another,
+   are split evenly over `threads` OpenMP threads in one parallel region (a layer's projections
+   of one input in one call); simd = 0 forces the portable path. Returns 0, or -1 for a qtype it
+   does not know. Reads nothing outside the W's rows and x's m rows; writes nothing but each y's
+   m x rows entries. */
 
 #include <stdint.h>
 #include <string.h>
@@ -304,9 +307,14 @@ static void rows_avx2(int qtype, const uint8_t *w, long r0, long r1, long rb, lo
 int gdnc_has_avx2(void) { return 0; }
 #endif
 
-int gdnc_linear(int qtype, const uint8_t *w, long rows, long rb, long cols, const float *x,
-                long ldx, long m, float *y, long ldy, int threads, int simd) {
-    if (!known(qtype)) return -1;
+int gdnc_linear_many(int count, const int *qtypes, const uint8_t *const *ws, const long *rows,
+                     const long *rbs, long cols, const float *x, long ldx, long m, float *const *ys,
+                     const long *ldys, int threads, int simd) {
+    long total = 0;
+    for (int s = 0; s < count; s++) {
+        if (!known(qtypes[s])) return -1;
+        total += rows[s];
+    }
     simd = simd && gdnc_has_avx2();
     if (threads < 1) threads = 1;
 #pragma omp parallel num_threads(threads)
@@ -316,12 +324,15 @@ int gdnc_linear(int qtype, const uint8_t *w, long rows, long rb, long cols, cons
         n = omp_get_num_threads();
         t = omp_get_thread_num();
 #endif
-        long per = (rows + n - 1) / n, r0 = t * per, r1 = r0 + per < rows ? r0 + per : rows;
-        if (r0 < r1) {
+        long per = (total + n - 1) / n, lo = t * per, hi = lo + per < total ? lo + per : total;
+        long first = 0; /* the first row of weight s among all the weights' rows */
+        for (int s = 0; s < count && first < hi; first += rows[s], s++) {
+            long r0 = lo > first ? lo - first : 0, r1 = hi - first < rows[s] ? hi - first : rows[s];
+            if (r0 >= r1) continue;
             if (simd)
-                rows_avx2(qtype, w, r0, r1, rb, cols, x, ldx, m, y, ldy);
+                rows_avx2(qtypes[s], ws[s], r0, r1, rbs[s], cols, x, ldx, m, ys[s], ldys[s]);
             else
-                rows_portable(qtype, w, r0, r1, rb, cols, x, ldx, m, y, ldy);
+                rows_portable(qtypes[s], ws[s], r0, r1, rbs[s], cols, x, ldx, m, ys[s], ldys[s]);
         }
     }
     return 0;

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -32,9 +32,9 @@ _P, _L = ctypes.c_void_p, ctypes.c_long
 
 @cache
 def _kernel() -> Callable[..., int] | str:
-    """The C function, or why there is none."""
-    return function(SOURCE, "gdnc_linear", (ctypes.c_int, _P, _L, _L, _L, _P, _L, _L, _P, _L,
-                                            ctypes.c_int, ctypes.c_int))
+    """The C function (of one x and several weights), or why there is none."""
+    return function(SOURCE, "gdnc_linear_many", (ctypes.c_int, _P, _P, _P, _P, _L, _P, _L, _L, _P, _P,
+                                                 ctypes.c_int, ctypes.c_int))
 
 
 def reason() -> str | None:
@@ -75,17 +75,32 @@ def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tenso
     """Writes x [M, cols] @ W^T into ``out`` [M, rows]: W's rows are ``raw`` uint8 [rows,
     row_bytes] of ``qtype`` (contiguous), x float32 with unit column stride, out float32 with unit
     column stride, all on the CPU. ``vector=False`` takes the portable path (for tests)."""
+    linear_rows_many(x, [raw], [qtype], [out], vector=vector)
+
+
+def linear_rows_many(x: torch.Tensor, raws: Sequence[torch.Tensor], qtypes: Sequence[str],
+                     outs: Sequence[torch.Tensor], *, vector: bool = True) -> None:
+    """``linear_rows`` of one x and several weights, in one parallel region over all their rows."""
     kernel = _kernel()
     if isinstance(kernel, str):
         raise NativeUnavailable(kernel)
-    rows, cols, m = raw.shape[0], x.shape[1], x.shape[0]
-    if (raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous() or x.dtype != torch.float32
-            or x.dim() != 2 or x.stride(1) != 1 or out.dtype != torch.float32 or out.shape != (m, rows)
-            or out.stride(1) != 1 or cols % 32 or raw.shape[1] != row_bytes(qtype, cols)
-            or not x.device.type == raw.device.type == out.device.type == "cpu"):
-        raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)}, raw {raw.dtype} {list(raw.shape)},"
-                         f" out {out.dtype} {list(out.shape)} do not fit the kernel's contract")
-    status = kernel(QTYPES[qtype], raw.data_ptr(), rows, raw.shape[1], cols, x.data_ptr(),
-                    x.stride(0), m, out.data_ptr(), out.stride(0), torch.get_num_threads(), int(vector))
+    cols, m = x.shape[1], x.shape[0]
+    if x.dtype != torch.float32 or x.dim() != 2 or x.stride(1) != 1 or cols % 32 or x.device.type != "cpu" \
+            or not len(raws) == len(qtypes) == len(outs) or not raws:
+        raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)} with {len(raws)} weight(s) does not "
+                         "fit the kernel's contract")
+    for raw, qtype, out in zip(raws, qtypes, outs):
+        rows = raw.shape[0]
+        if (raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous()
+                or out.dtype != torch.float32 or out.shape != (m, rows) or out.stride(1) != 1
+                or raw.shape[1] != row_bytes(qtype, cols) or not raw.device.type == out.device.type == "cpu"):
+            raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)}, raw {raw.dtype} {list(raw.shape)},"
+                             f" out {out.dtype} {list(out.shape)} do not fit the kernel's contract")
+    n = len(raws)
+    status = kernel(n, (ctypes.c_int * n)(*(QTYPES[q] for q in qtypes)),
+                    (_P * n)(*(r.data_ptr() for r in raws)), (_L * n)(*(r.shape[0] for r in raws)),
+                    (_L * n)(*(r.shape[1] for r in raws)), cols, x.data_ptr(), x.stride(0), m,
+                    (_P * n)(*(o.data_ptr() for o in outs)), (_L * n)(*(o.stride(0) for o in outs)),
+                    torch.get_num_threads(), int(vector))
     if status:
-        raise ShapeError(f"linear_rows: the kernel refused {qtype} ({status})")
+        raise ShapeError(f"linear_rows: the kernel refused {', '.join(qtypes)} ({status})")

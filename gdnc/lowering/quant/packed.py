@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,20 @@ def linear(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     if len(w.shape) == 2:
         return _linear_2d(x, w)
     return _linear_3d(x, w)
+
+
+def linear_group(x: torch.Tensor, ws: Sequence[PackedWeight]) -> list[torch.Tensor]:
+    """``[linear(x, w) for w in ws]``; where the native kernel takes x with every one of the
+    (2-D, not F32) weights, one call computes them all (one pass over all their rows)."""
+    for w in ws:
+        _check_linear(x, w)
+    x2 = x.reshape(-1, x.shape[-1])
+    if not all(len(w.shape) == 2 and w.qtype != "F32" and native_linear.takes(x2, w.qtype) for w in ws):
+        return [linear(x, w) for w in ws]
+    outs = [_output((x2.shape[0], w.shape[0]), x.device) for w in ws]
+    native_linear.linear_rows_many(x2 if x2.stride(1) == 1 else x2.contiguous(),
+                                   [w.raw.contiguous() for w in ws], [w.qtype for w in ws], outs)
+    return [out.view(*x.shape[:-1], w.shape[0]) for out, w in zip(outs, ws)]
 
 
 def embed(w: PackedWeight, ids: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from gdnc.errors import ShapeError, UnsupportedOpError
 from gdnc.opset.onnx_ops.shape_ops import as_ints, norm_axis, optional_input
-from gdnc.opset.registry import OpContext, register
+from gdnc.opset.registry import OpContext, register, specializes
 
 # ONNX scatter ``reduction`` -> torch ``scatter_reduce`` name ("none" is a plain scatter)
 _REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
@@ -42,9 +42,23 @@ def _reduction(ctx: OpContext) -> str | None:
 @register("Gather", since=1)
 def _gather(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     data, index = inputs
-    axis = norm_axis(ctx.attr("axis", 0), data.dim())
-    out = data.index_select(axis, _wrap(index, data.shape[axis]).reshape(-1))
-    return [out.reshape(data.shape[:axis] + index.shape + data.shape[axis + 1 :])]
+    return [_take(data, index, norm_axis(ctx.attr("axis", 0), data.dim()))]
+
+
+def _take(data: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
+    """Gather: torch's integer indexing is ONNX's (negative indices count from the end, any
+    other outside index is an IndexError, the index's shape replaces the axis)."""
+    if index.dtype not in (torch.int64, torch.int32):
+        index = index.long()
+    return data[(slice(None),) * axis + (index,)] if axis else data[index]
+
+
+@specializes(_gather)
+def _gather_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> Callable[..., torch.Tensor] | None:
+    axis = ctx.attr("axis", 0)
+    if constants or axis < 0:
+        return None
+    return lambda data, index: _take(data, index, axis)
 
 
 @register("GatherElements", since=11)
@@ -85,9 +99,11 @@ def _scatter_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     rows_view = data.reshape(math.prod(data.shape[:k]), *tail)
     in_place = 0 in ctx.donated and data.is_contiguous()  # the caller's pool, updated in place
     out = rows_view if in_place else rows_view.clone()
-    rows = _linear_index(index, data.shape[:k]).reshape(-1)
-    updates = updates.reshape(-1, *tail)
     reduce = _reduction(ctx)
+    # a plain write of one index per row: torch's indexing wraps negative ones as ONNX does
+    plain = k == 1 and reduce is None and index.dtype in (torch.int64, torch.int32)
+    rows = index.reshape(-1) if plain else _linear_index(index, data.shape[:k]).reshape(-1)
+    updates = updates.reshape(-1, *tail)
     if reduce is None:
         out[rows] = updates
     else:
