@@ -35,6 +35,10 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
     opts = bench_options(device, batches, lengths, rounds, quick, shape, threads)
     resolved = runtime_device(opts.device)
     if e2e:
+        if opts.threads is not None:
+            import torch
+
+            torch.set_num_threads(opts.threads)
         _end_to_end(model, resolved, opts.rounds if rounds is not None else None, plot, as_json, quiet,
                     out, err)
         return

@@ -19,13 +19,12 @@ from __future__ import annotations
 import itertools
 import linecache
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import torch
 
 from gdnc.errors import ExecutionError, GdncError, first_line
-from gdnc.lowering.quant.packed import linear_group
+from gdnc.lowering.quant.packed import LinearGroup
 from gdnc.opset.registry import specialized
 from gdnc.runtime.linear_groups import linear_groups
 
@@ -97,7 +96,7 @@ def compile_plan(runner: Any) -> CompiledGraph | None:
             line = "pass"
         elif k in groups:
             members = [runner.steps[j] for j in groups[k]]
-            namespace[f"s{k}"] = partial(linear_group, ws=[constants[m.inputs[1]] for m in members])
+            namespace[f"s{k}"] = LinearGroup([constants[m.inputs[1]] for m in members])
             targets = _targets(local, tuple(m.outputs[0] for m in members))
             line = f"{targets}, = s{k}({_read(local, constant, step.inputs[0])})"
             fast += len(members)

@@ -10,7 +10,7 @@ import torch
 
 from gdnc.errors import UnsupportedOpError
 from gdnc.lowering.gated_delta_net.api import run_fused_node
-from gdnc.lowering.quant.packed import PackedWeight, embed, linear
+from gdnc.lowering.quant.packed import LinearGroup, PackedWeight, embed, linear
 from gdnc.opset.gated_delta_net import DOMAIN, INPUT_INDEX, INPUTS, OP_TYPE, GdnAttrs, by_position
 from gdnc.opset.packed_weights import EMBED, LINEAR
 from gdnc.opset.registry import OpContext, register, specializes
@@ -39,7 +39,8 @@ def packed_linear_specialized(ctx: OpContext, constants: Mapping[int, Any]) -> C
         return None
     w = constants[1]
     if isinstance(w, PackedWeight):
-        return lambda x: linear(x, w)
+        group = LinearGroup([w])
+        return lambda x: group(x)[0]
     wt = w.transpose(-1, -2)
     return lambda x: torch.matmul(x, wt)
 

@@ -1,6 +1,6 @@
 """Which ``ai.gdnc::Linear`` nodes of a plan run as one call: those reading the same x with
 weights bound as the file holds them (2-D ``PackedWeight``), like a layer's q/k/v/gate or
-gate/up projections. ``packed.linear_group`` then reads all their weights in one pass."""
+gate/up projections. ``packed.LinearGroup`` then reads all their weights in one pass."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from gdnc.errors import GdncWarning, ShapeError
 from gdnc.lowering import native
 from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.blocks import block_layout
-from gdnc.lowering.quant.packed import PackedWeight, linear, linear_group
+from gdnc.lowering.quant.packed import LinearGroup, PackedWeight, linear
 from tests.lowering.test_quant import assert_matmul_close, random_bytes, reference
 
 QTYPES = sorted(native_linear.QTYPES)
@@ -148,13 +148,13 @@ def test_a_group_of_weights_is_each_weight_alone(qtypes: list[str], rows: list[i
 def test_linear_group_takes_one_call_where_the_kernel_takes_every_weight(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    kernel = native_linear.linear_rows_many
+    kernel = native_linear.Weights.__call__
 
-    def spy(x: torch.Tensor, raws: list, qtypes: list, outs: list, **kw: bool) -> None:
-        calls.append(len(raws))
-        kernel(x, raws, qtypes, outs, **kw)
+    def spy(self: native_linear.Weights, x: torch.Tensor, outs: list, **kw: bool) -> None:
+        calls.append(len(outs))
+        kernel(self, x, outs, **kw)
 
-    monkeypatch.setattr(native_linear, "linear_rows_many", spy)
+    monkeypatch.setattr(native_linear.Weights, "__call__", spy)
     rng = np.random.default_rng(8)
     weights = []
     for qtype, n in (("Q8_0", 5), ("F16", 3), ("Q4_K", 7)):
@@ -163,7 +163,7 @@ def test_linear_group_takes_one_call_where_the_kernel_takes_every_weight(
     for m, want in ((3, [3]), (native_linear.MAX_ROWS["F16"] + 1, [1, 1])):  # F16 leaves the group
         calls.clear()
         x = torch.from_numpy(rng.standard_normal((1, m, 256)).astype(np.float32))
-        outs = linear_group(x, [w for w, _ in weights])
+        outs = LinearGroup([w for w, _ in weights])(x)
         for out, (w, values) in zip(outs, weights):
             assert out.shape == (1, m, w.shape[0])
             assert_matmul_close(out[0], x[0], values)

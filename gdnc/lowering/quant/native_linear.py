@@ -81,26 +81,48 @@ def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tenso
 def linear_rows_many(x: torch.Tensor, raws: Sequence[torch.Tensor], qtypes: Sequence[str],
                      outs: Sequence[torch.Tensor], *, vector: bool = True) -> None:
     """``linear_rows`` of one x and several weights, in one parallel region over all their rows."""
-    kernel = _kernel()
-    if isinstance(kernel, str):
-        raise NativeUnavailable(kernel)
-    cols, m = x.shape[1], x.shape[0]
-    if x.dtype != torch.float32 or x.dim() != 2 or x.stride(1) != 1 or cols % 32 or x.device.type != "cpu" \
-            or not len(raws) == len(qtypes) == len(outs) or not raws:
-        raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)} with {len(raws)} weight(s) does not "
-                         "fit the kernel's contract")
+    cols, m = x.shape[-1], x.shape[0]
     for raw, qtype, out in zip(raws, qtypes, outs):
-        rows = raw.shape[0]
         if (raw.dtype != torch.uint8 or raw.dim() != 2 or not raw.is_contiguous()
-                or out.dtype != torch.float32 or out.shape != (m, rows) or out.stride(1) != 1
-                or raw.shape[1] != row_bytes(qtype, cols) or not raw.device.type == out.device.type == "cpu"):
+                or out.dtype != torch.float32 or out.shape != (m, raw.shape[0]) or out.stride(1) != 1
+                or not raw.device.type == out.device.type == "cpu" or qtype not in QTYPES or cols % 32
+                or raw.shape[1] != row_bytes(qtype, cols)):
             raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)}, raw {raw.dtype} {list(raw.shape)},"
                              f" out {out.dtype} {list(out.shape)} do not fit the kernel's contract")
-    n = len(raws)
-    status = kernel(n, (ctypes.c_int * n)(*(QTYPES[q] for q in qtypes)),
-                    (_P * n)(*(r.data_ptr() for r in raws)), (_L * n)(*(r.shape[0] for r in raws)),
-                    (_L * n)(*(r.shape[1] for r in raws)), cols, x.data_ptr(), x.stride(0), m,
-                    (_P * n)(*(o.data_ptr() for o in outs)), (_L * n)(*(o.stride(0) for o in outs)),
-                    torch.get_num_threads(), int(vector))
-    if status:
-        raise ShapeError(f"linear_rows: the kernel refused {', '.join(qtypes)} ({status})")
+    if not len(raws) == len(qtypes) == len(outs) or not raws:
+        raise ShapeError(f"linear_rows: {len(raws)} weight(s), {len(qtypes)} type(s), {len(outs)} output(s)")
+    Weights(raws, qtypes, cols)(x, outs, vector=vector)
+
+
+class Weights:
+    """Weights of one x, prepared once for the kernel: ``weights(x, outs)`` writes x @ W_s^T into
+    outs[s] (x float32 [M, cols] with unit column stride on the CPU; outs float32 [M, rows_s]
+    with unit column stride). The raw tensors must stay as they are (they are read, never
+    copied: a contiguous uint8 [rows, row_bytes] each)."""
+
+    def __init__(self, raws: Sequence[torch.Tensor], qtypes: Sequence[str], cols: int) -> None:
+        kernel = _kernel()
+        if isinstance(kernel, str):
+            raise NativeUnavailable(kernel)
+        n = self.n = len(raws)
+        self._kernel, self.cols, self.rows = kernel, cols, [int(r.shape[0]) for r in raws]
+        self._raws = list(raws)  # kept alive: the kernel reads their memory
+        self._args = ((ctypes.c_int * n)(*(QTYPES[q] for q in qtypes)),
+                      (_P * n)(*(r.data_ptr() for r in raws)), (_L * n)(*self.rows),
+                      (_L * n)(*(r.shape[1] for r in raws)), cols)
+        self.qtypes = tuple(qtypes)
+
+    def __call__(self, x: torch.Tensor, outs: Sequence[torch.Tensor], *, vector: bool = True) -> None:
+        m = x.shape[0]
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != self.cols or x.stride(1) != 1 \
+                or x.device.type != "cpu" or len(outs) != self.n \
+                or any(o.shape != (m, r) or o.stride(1) != 1 or o.dtype != torch.float32
+                       for o, r in zip(outs, self.rows)):
+            raise ShapeError(f"linear_rows: x {x.dtype} {list(x.shape)} with {len(outs)} output(s) does "
+                             f"not fit {self.n} weight(s) of {self.cols} columns")
+        n = self.n
+        status = self._kernel(n, *self._args, x.data_ptr(), x.stride(0), m,
+                              (_P * n)(*(o.data_ptr() for o in outs)), (_L * n)(*(o.stride(0) for o in outs)),
+                              torch.get_num_threads(), int(vector))
+        if status:
+            raise ShapeError(f"linear_rows: the kernel refused {', '.join(self.qtypes)} ({status})")

@@ -99,18 +99,32 @@ def linear(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     return _linear_3d(x, w)
 
 
-def linear_group(x: torch.Tensor, ws: Sequence[PackedWeight]) -> list[torch.Tensor]:
-    """``[linear(x, w) for w in ws]``; where the native kernel takes x with every one of the
-    (2-D, not F32) weights, one call computes them all (one pass over all their rows)."""
-    for w in ws:
-        _check_linear(x, w)
-    x2 = x.reshape(-1, x.shape[-1])
-    if not all(len(w.shape) == 2 and w.qtype != "F32" and native_linear.takes(x2, w.qtype) for w in ws):
-        return [linear(x, w) for w in ws]
-    outs = [_output((x2.shape[0], w.shape[0]), x.device) for w in ws]
-    native_linear.linear_rows_many(x2 if x2.stride(1) == 1 else x2.contiguous(),
-                                   [w.raw.contiguous() for w in ws], [w.qtype for w in ws], outs)
-    return [out.view(*x.shape[:-1], w.shape[0]) for out, w in zip(outs, ws)]
+class LinearGroup:
+    """``linear`` of one x and fixed weights ``ws`` (a layer's projections of one input), prepared
+    once: ``group(x) == [linear(x, w) for w in ws]``. Where the native kernel takes x with every
+    weight (each 2-D, not F32, on the CPU; few rows of x), one call computes them all."""
+
+    def __init__(self, ws: Sequence[PackedWeight]) -> None:
+        self.ws = tuple(ws)
+        self._native: native_linear.Weights | None = None
+        self._max_rows = min((native_linear.MAX_ROWS.get(w.qtype, 0) for w in self.ws), default=0)
+        cols = {w.shape[-1] for w in self.ws}
+        if (self.ws and len(cols) == 1 and all(len(w.shape) == 2 and w.device.type == "cpu" for w in self.ws)
+                and self._max_rows and native_linear.reason() is None):
+            self._native = native_linear.Weights([w.raw.contiguous() for w in self.ws],
+                                                 [w.qtype for w in self.ws], cols.pop())
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        native = self._native
+        if native is None or x.dtype != F32 or x.dim() == 0 or x.shape[-1] != native.cols \
+                or x.device.type != "cpu":
+            return [linear(x, w) for w in self.ws]
+        x2 = x.reshape(-1, native.cols)
+        if not 0 < x2.shape[0] <= self._max_rows:
+            return [linear(x, w) for w in self.ws]
+        outs = [torch.empty((x2.shape[0], rows), dtype=F32) for rows in native.rows]
+        native(x2 if x2.stride(1) == 1 else x2.contiguous(), outs)
+        return [out.view(*x.shape[:-1], out.shape[1]) for out in outs]
 
 
 def embed(w: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
