@@ -175,6 +175,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="the small grid and few rounds (seconds)"),
     e2e: bool = typer.Option(False, "--e2e", help="instead: the fused model end to end, prefill-512, "
                              "decode-64 of 1 and of 4 sequences (tokens/s)"),
+    interpret: bool = typer.Option(False, "--interpret", help="with --e2e: the graph op by op, not compiled"),
     plot: Path | None = typer.Option(None, help="write a figure of the results here (.png, .svg, .pdf)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing but errors"),
@@ -184,8 +185,8 @@ def bench(
     from gdnc.commands.bench import bench as command
 
     command(model, device=device, batches=batches, lengths=lengths, rounds=rounds, shape=shape,
-            threads=threads, quick=quick, e2e=e2e, plot=plot, as_json=as_json, quiet=quiet, out=out,
-            err=err)
+            threads=threads, quick=quick, e2e=e2e, interpret=interpret, plot=plot, as_json=as_json,
+            quiet=quiet, out=out, err=err)
 
 
 @app.command()

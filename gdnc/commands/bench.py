@@ -17,11 +17,12 @@ if TYPE_CHECKING:
     import torch
 
 from gdnc.commands import command_files
+from gdnc.errors import InputError
 from gdnc.frontends.model_kind import require_gguf
 
 
 def bench(model: Path, *, device: str, batches: str | None, lengths: str | None, rounds: int | None,
-          shape: list[str], threads: int | None, quick: bool, e2e: bool, plot: Path | None,
+          shape: list[str], threads: int | None, quick: bool, e2e: bool, interpret: bool, plot: Path | None,
           as_json: bool, quiet: bool, out: Console, err: Console) -> None:
     """The command, its options as typed (strings parsed here)."""
     require_gguf(model, "bench")  # before the bench's own (slow) imports
@@ -39,9 +40,11 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
             import torch
 
             torch.set_num_threads(opts.threads)
-        _end_to_end(model, resolved, opts.rounds if rounds is not None else None, plot, as_json, quiet,
-                    out, err)
+        _end_to_end(model, resolved, opts.rounds if rounds is not None else None, not interpret, plot,
+                    as_json, quiet, out, err)
         return
+    if interpret:
+        raise InputError("--interpret goes with --e2e")
     if plot is not None:
         check_plot_target(plot)
     result = measure(model, opts, resolved, err, show=not (as_json or quiet))
@@ -55,16 +58,16 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
             out.print(f"wrote {plot}")
 
 
-def _end_to_end(model: Path, device: torch.device, rounds: int | None, plot: Path | None, as_json: bool,
-                quiet: bool, out: Console, err: Console) -> None:
+def _end_to_end(model: Path, device: torch.device, rounds: int | None, compiled: bool, plot: Path | None,
+                as_json: bool, quiet: bool, out: Console, err: Console) -> None:
     """``--e2e``: the fused model end to end (``gdnc.bench.end_to_end``)."""
     from gdnc.bench.end_to_end import ROUNDS, measure_e2e
     from gdnc.commands.bench_tables import e2e_table
-    from gdnc.errors import InputError
 
     if plot is not None:
         raise InputError("--plot draws the fused-vs-unfused grid, not --e2e")
-    result = measure_e2e(model, device, rounds=rounds or ROUNDS, console=err, show=not (as_json or quiet))
+    result = measure_e2e(model, device, rounds=rounds or ROUNDS, compiled=compiled, console=err,
+                         show=not (as_json or quiet))
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     elif not quiet:

@@ -40,10 +40,16 @@ def _generate(model: HybridModel, prompts: list[tuple[int, ...]], steps: int) ->
     return seen
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
-def test_the_compiled_fused_graph_computes_exactly_what_the_interpreter_does(path: Path) -> None:
+def test_the_compiled_fused_graph_computes_exactly_what_the_interpreter_does(path: Path, device: str) -> None:
+    """Bit for bit, every run's logits (prefill and greedy decode, three sequences together)."""
     rng = np.random.default_rng()
-    compiled, interpreted = (HybridModel(str(path), compiled=c) for c in (True, False))
+    compiled, interpreted = (HybridModel(str(path), compiled=c, device=device) for c in (True, False))
     assert isinstance(compiled.fused_executor().runner, CompiledGraph)
     assert isinstance(interpreted.fused_executor().runner, GraphRunner)
     prompts = [tuple(int(t) for t in rng.integers(0, compiled.n_vocab, n)) for n in (5, 1, 9)]
