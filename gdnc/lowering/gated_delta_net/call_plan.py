@@ -51,7 +51,7 @@ _last = threading.local()
 def _operand_key(x: torch.Tensor | None) -> tuple | None:
     if x is None:
         return None
-    return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, x.is_leaf)
+    return (x.shape, x.stride(), x.dtype, x.device, x.requires_grad and (True, x.is_leaf))
 
 
 def plan_for(operands: Sequence[torch.Tensor | None], indices: Sequence[torch.Tensor | None],

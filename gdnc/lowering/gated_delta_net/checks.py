@@ -102,8 +102,8 @@ def _check_index(name: str, idx: torch.Tensor | None, N: int) -> None:
 def _to_host(*tensors: torch.Tensor | None) -> list[list[int] | None]:
     """The values of 1-D int64 tensors, read back with one device-to-host transfer."""
     given = [x for x in tensors if x is not None]
-    if len({x.device for x in given}) > 1:
-        values = [v for x in given for v in x.tolist()]
+    if len({x.device for x in given}) > 1 or all(x.device.type == "cpu" for x in given):
+        values = [v for x in given for v in x.tolist()]  # no transfer to save on the host
     else:
         values = torch.cat(given).tolist() if given else []
     out: list[list[int] | None] = []

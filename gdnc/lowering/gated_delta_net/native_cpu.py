@@ -61,8 +61,8 @@ def run_recurrent(launch: GdnLaunch, *, vector: bool = True) -> None:
     o, dst, ts = (None if t is None else t.contiguous() for t in (launch.o, launch.state_dst,
                                                                    launch.token_states))
     src = dst if launch.state_src is launch.state_dst else launch.state_src.contiguous()
-    index = [t.to(torch.int64).contiguous() for t in (launch.starts, launch.lengths, launch.in_index,
-                                                       launch.out_index)]
+    index = [t if t.dtype == torch.int64 and t.is_contiguous() else t.to(torch.int64).contiguous()
+             for t in (launch.starts, launch.lengths, launch.in_index, launch.out_index)]
     shp, opts = launch.shapes, launch.opts
     status = kernel(*map(_pointer, (*inputs, o, src, dst, ts, *index)), launch.num_seqs, shp.H, shp.HV,
                     shp.K, shp.V, int(shp.kda), int(opts.state_layout == "vk"),
