@@ -212,3 +212,40 @@ def test_fused_node_with_bad_feeds_is_one_line(tmp_path, case):
                                  for k, v in change.items()}})
     hold_to_promise("kernel", case, run_cli(["run", str(model), "--inputs", str(bad)]),
                     mention=fragment)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_call_after_a_good_one_is_refused_all_the_same(case):
+    """The plan kept from a valid call (``call_plan``) never lets a changed call skip its checks."""
+    good = _args("auto", seed=7)
+    gated_delta_net(**{**good, "state_pool": good["state_pool"].clone()})
+    args = _args("auto", seed=7)
+    change, fragment = BAD[case]
+    args.update(change(args))
+    before_pool = args["state_pool"].clone()
+    with pytest.raises(OpArgumentError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        gated_delta_net(**args)
+    assert torch.equal(args["state_pool"], before_pool)
+
+
+def test_a_kept_plan_serves_only_calls_with_the_same_index_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two identical calls validate once; other slot values validate again and land in their slots."""
+    from gdnc.lowering.gated_delta_net import api
+    from gdnc.lowering.gated_delta_net.reference import gated_delta_net_reference
+
+    validations = []
+    validate = api.validate
+    monkeypatch.setattr(api, "validate", lambda *a, **kw: validations.append(1) or validate(*a, **kw))
+    args = _args("auto", seed=11)
+    counts = []
+    for out_slots in ([3, 1, 4], [3, 1, 4], [4, 0, 3]):
+        call = {**args, "state_pool": args["state_pool"].clone(), "state_out_index": idx(out_slots)}
+        want = {**call, "state_pool": call["state_pool"].double()}
+        del want["backend"]
+        o = gated_delta_net(**call)
+        o_ref = gated_delta_net_reference(**{k: (v.double() if torch.is_tensor(v) and v.is_floating_point()
+                                                 and k != "state_pool" else v) for k, v in want.items()})
+        torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(call["state_pool"].double(), want["state_pool"], rtol=1e-4, atol=1e-4)
+        counts.append(len(validations))
+    assert counts[1] == counts[0] and counts[2] == counts[1] + 1
