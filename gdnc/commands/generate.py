@@ -45,7 +45,7 @@ class GenerateOptions:
     prefill_chunk: int | None = None
     device: str = "cpu"
     ignore_eos: bool = False
-    compiled: bool = True  # the fused graph as one generated function (False: the interpreter)
+    compiled: bool = True  # the fused graph as prepared calls (False: the interpreter)
 
     @property
     def shown(self) -> list[str]:

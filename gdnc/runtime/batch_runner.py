@@ -32,7 +32,7 @@ def pooled_executor(model: Model, device: str | torch.device,
                     bound: Mapping[str, object] | None = None, compiled: bool = False) -> Executor:
     """An executor of a batch graph that may update its pool inputs (those with a ``.out``
     output) in place: ``BatchRunner`` replaces them by their ``.out`` outputs. ``bound``: the
-    values of its weight inputs, ``compiled``: one generated function (``Executor``)."""
+    values of its weight inputs, ``compiled``: prepared calls, not op by op (``Executor``)."""
     graph = model.graph
     return Executor(model, device, donate=[n for n in graph.inputs if f"{n}.out" in graph.outputs],
                     bound=bound, compiled=compiled)

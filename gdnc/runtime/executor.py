@@ -154,7 +154,7 @@ class Executor:
                  bound: Mapping[str, object] | None = None, compiled: bool = False) -> None:
         """``bound``: values of graph inputs given once, on ``device`` (a model's weights: tensors,
         or ``PackedWeight`` for the ``ai.gdnc`` ops that read them); they are no feeds.
-        ``compiled``: run the plan as one generated function (``runtime.compiled``; graphs with
+        ``compiled``: run the plan as prepared calls (``runtime.compiled``; graphs with
         subgraphs stay interpreted) instead of op by op."""
         self.model = model
         self.device = runtime_device(device)

@@ -61,9 +61,10 @@ def test_another_family_gets_its_files(tmp_path, monkeypatch):
     other = Family("other", ("llama",), load)
     monkeypatch.setattr(registry, "FAMILIES", (QWEN_HYBRID, other))
     assert registry.supported_architectures() == (*ARCHS, "llama")
-    assert registry.open_gguf(str(path), fused=False, prefill_chunk=7) == "model"
-    ((got_path, got_file, fused, device, chunk),) = opened
-    assert (got_path, got_file.path, fused, device, chunk) == (str(path), path, False, "cpu", 7)
+    assert registry.open_gguf(str(path), fused=False, prefill_chunk=7, compiled=False) == "model"
+    ((got_path, got_file, fused, device, chunk, compiled),) = opened
+    assert (got_path, got_file.path, fused, device, chunk, compiled) == \
+        (str(path), path, False, "cpu", 7, False)
     with pytest.raises(ModelLoadError, match="architecture 'llama' is not a qwen_hybrid model"):
         hybrid_config(GgufFile(path))
 

@@ -71,7 +71,7 @@ class HybridModel:
                  compiled: bool = True) -> None:
         """``file``: an already opened ``path`` to share (its dequantized weights too);
         ``prefill_chunk``: most new tokens of a sequence per run (default ``DEFAULT_CHUNK``);
-        ``compiled``: the fused graph runs as one generated function, not op by op (the
+        ``compiled``: the fused graph runs as prepared calls (``runtime.compiled``), not op by op (the
         interpreter; unfused graphs always are interpreted)."""
         self.compiled = compiled
         self.limits = Limits.for_prefill_chunk(prefill_chunk)
