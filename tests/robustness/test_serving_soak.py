@@ -28,6 +28,7 @@ import torch
 from corpus.gguf_rewrite import rewrite
 from corpus.tiny_gguf import write_models
 from gdnc.frontends.gguf_file import GgufFile
+from gdnc.lowering.gated_delta_net import native_cpu
 from gdnc.lowering.gated_delta_net.backends import BACKENDS
 from gdnc.lowering.gated_delta_net.cpu import CHUNK
 from gdnc.models.qwen_hybrid.model import HybridModel
@@ -40,7 +41,9 @@ ISOLATED_RUNS = 40  # sequences of the soak also decoded alone, token by token
 N_CTX = 64
 NEAR_TIE = 1e-4  # |top1 - top2| below which float error may pick either token
 POISONED_TOKEN = 77
-CPU_CHUNKED = BACKENDS["cpu"].chunked_min_tokens  # "auto" runs sequences this long chunked on CPU
+# "auto" runs sequences this long chunked on the CPU (the C recurrence's threshold where it was built)
+CPU_CHUNKED = BACKENDS["native" if native_cpu.reason() is None else "cpu"].chunked_min_tokens
+LONGEST = CPU_CHUNKED + 2 * CHUNK  # the chunked prompts are shorter
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +195,11 @@ def _chunked_prompts(rng: np.random.Generator) -> tuple[tuple[int, ...], ...]:
     def prompt(n: int) -> list[int]:
         return [int(t) + (t >= POISONED_TOKEN) for t in rng.integers(0, 499, n)]
 
-    first = int(rng.choice([n for n in range(CPU_CHUNKED, 2 * CHUNK) if n % CHUNK]))
-    middle = prompt(int(rng.integers(CPU_CHUNKED, 2 * CHUNK)))
-    middle[int(rng.integers(0, -first % CHUNK))] = POISONED_TOKEN
-    return (tuple(prompt(first)), tuple(middle),
-            tuple(prompt(int(rng.integers(CPU_CHUNKED, 2 * CHUNK)))))
+    first = int(rng.choice([n for n in range(CPU_CHUNKED, LONGEST) if n % CHUNK]))
+    fill = -first % CHUNK  # tokens of the next prompt in the first one's last chunk
+    middle = prompt(int(rng.integers(max(CPU_CHUNKED, fill), LONGEST)))
+    middle[int(rng.integers(0, fill))] = POISONED_TOKEN
+    return (tuple(prompt(first)), tuple(middle), tuple(prompt(int(rng.integers(CPU_CHUNKED, LONGEST)))))
 
 
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
@@ -211,7 +214,7 @@ def test_a_non_finite_input_stays_in_its_sequence_through_a_chunked_prefill(mode
     requests = [Request(p, 4, stop_at_eos=False) for p in prompts]
     runs = []
     for path in (model_paths[arch], _poisoned(model_paths[arch], np.nan)):
-        sched = Scheduler(HybridModel(str(path), fused=True), 3, n_ctx=2 * CHUNK + 8)
+        sched = Scheduler(HybridModel(str(path), fused=True), 3, n_ctx=LONGEST + 8)
         for r in requests:
             sched.submit(r)
         runs.append(sched.run())
