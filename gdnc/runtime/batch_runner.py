@@ -22,8 +22,9 @@ from gdnc.runtime.batch_plan import Limits, plan_runs
 from gdnc.runtime.executor import Executor
 from gdnc.runtime.state_pool import Entry, StatePool
 
-# the index inputs of one run: (pool, its entries, all_logits) -> feeds by input name
-Feeds = Callable[[StatePool, list[Entry], bool], dict[str, np.ndarray]]
+# the index inputs of one run: (pool, its entries, all_logits, key bucket) -> feeds by input
+# name, the attention's key dim padded to a multiple of the key bucket
+Feeds = Callable[[StatePool, list[Entry], bool, int], dict[str, np.ndarray]]
 # the executor of a run, by the new-token counts of its sequences
 Graphs = Callable[[tuple[int, ...]], Executor]
 
@@ -38,15 +39,38 @@ def pooled_executor(model: Model, device: str | torch.device,
                     bound=bound, compiled=compiled)
 
 
+KEY_BUCKET = 256  # a padded decode run's attention keys: a multiple of this (one shape for 256 steps)
+
+
+def decode_bucket(n: int, slots: int) -> int:
+    """The sequences a decode run of ``n`` is padded to: the next power of two, at most the
+    pool's ``slots``."""
+    return min(1 << (n - 1).bit_length(), slots)
+
+
+def padded_decode(pool: StatePool, batch: list[Entry]) -> list[Entry]:
+    """``batch`` (one new token each) padded towards ``decode_bucket`` sequences by entries of
+    token 0 in free slots of ``pool`` (their contents are scratch: ``allocate`` zeroes a slot),
+    so that runs of a few shapes serve every batch size."""
+    free = [slot for slot, live in enumerate(pool.live) if not live]
+    pads = free[:decode_bucket(len(batch), pool.slots) - len(batch)]
+    for slot in pads:
+        pool.n_past[slot] = 0
+    return batch + [Entry(slot, (0,)) for slot in pads]
+
+
 @dataclass(frozen=True)
 class BatchRunner:
     """``forward`` for a model of ``n_vocab`` tokens whose attention has ``n_head`` heads (they
-    bound a run's score tensor)."""
+    bound a run's score tensor). Decode runs are padded (``padded_decode``, keys to
+    ``KEY_BUCKET``) where the executor replays CUDA graphs (``Executor.graphs``), or with
+    ``pad_decode``."""
 
     n_vocab: int
     n_head: int
     feeds: Feeds
     graphs: Graphs
+    pad_decode: bool = False
 
     def forward(self, pool: StatePool, batch: list[Entry], limits: Limits,
                 all_logits: bool = False) -> list[torch.Tensor]:
@@ -66,16 +90,21 @@ class BatchRunner:
 
     def _run(self, pool: StatePool, batch: list[Entry], all_logits: bool) -> list[torch.Tensor]:
         """``forward`` of one run."""
-        feeds = self.feeds(pool, batch, all_logits)
         lengths = tuple(len(e.tokens) for e in batch)
         ex = self.graphs(lengths)
+        padded = (self.pad_decode or ex.graphs is not None) and not all_logits and max(lengths) == 1
+        entries = padded_decode(pool, batch) if padded else batch
+        feeds = self.feeds(pool, entries, all_logits, KEY_BUCKET if padded else 1)
         wanted = {n: feeds[n] for n in ex.input_names if n in feeds}
-        outs = ex.run({**wanted, **pool.tensors})
+        if padded and ex.graphs is not None:
+            outs = ex.run_replayed(wanted, pool.tensors)
+        else:
+            outs = ex.run({**wanted, **pool.tensors})
         for name in pool.tensors:
             pool.tensors[name] = outs[f"{name}.out"]
         for e in batch:
             pool.n_past[e.slot] += len(e.tokens)
-        logits = outs["logits"]
+        logits = outs["logits"][:len(batch)] if padded else outs["logits"]  # no pads' rows
         if all_logits:
             return list(torch.split(logits, list(lengths)))
         return list(logits)

@@ -24,6 +24,7 @@ from gdnc.opset.node_eval import op_context
 from gdnc.opset.onnx_ops.dtypes import tensor_from_array, torch_dtype
 from gdnc.opset.registry import OpContext, OpImpl, host_inputs, lookup
 from gdnc.runtime.compiled import CompiledGraph, compile_plan
+from gdnc.runtime.cuda_graphs import CudaGraphs, cuda_graphs_enabled
 from gdnc.runtime.device import runtime_device
 
 
@@ -163,6 +164,13 @@ class Executor:
                                                                self.device, donate, bound)
         if compiled:
             self.runner = compile_plan(self.runner) or self.runner
+        self.graphs: CudaGraphs | None = None  # decode runs replayed from CUDA graphs
+        outputs = model.graph.outputs
+        if isinstance(self.runner, CompiledGraph) and cuda_graphs_enabled(self.device):
+            donated = set(donate)
+            self.graphs = CudaGraphs(self.runner, self.device, {
+                j: name.removesuffix(".out") for j, name in enumerate(outputs)
+                if name.endswith(".out") and name.removesuffix(".out") in donated})
 
     @property
     def input_names(self) -> list[str]:
@@ -188,14 +196,37 @@ class Executor:
                                      f"wants {list(spec.shape)}")
         return tensor.to(self.device)
 
-    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [n for n in self.input_names if n not in feeds]
+    def _check_names(self, names: Iterable[str]) -> None:
+        given = set(names)
+        missing = [n for n in self.input_names if n not in given]
         if missing:
             raise InputError(f"missing model input(s): {', '.join(missing)}")
-        unknown = sorted(set(feeds) - set(self.input_names))
+        unknown = sorted(given - set(self.input_names))
         if unknown:
             raise InputError(f"unknown model input(s): {', '.join(unknown)}")
+
+    def run(self, feeds: Mapping[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._check_names(feeds)
         tensors = {name: self._feed(name, value) for name, value in feeds.items()}
         with torch.inference_mode():
             outs = self.runner.run(tensors)
+        return dict(zip(self.model.graph.outputs, outs))
+
+    def run_replayed(self, feeds: Mapping[str, np.ndarray], pools: Mapping[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+        """``run`` through ``self.graphs`` (a CUDA device, compiled): ``feeds`` the index inputs
+        as host arrays, ``pools`` the donated inputs, on the device. The caller checked the
+        feeds' values: a replayed run checks none (``runtime.cuda_graphs``)."""
+        if self.graphs is None:
+            raise ExecutionError("this executor replays no CUDA graphs (CPU, interpreted, or "
+                                 "GDNC_CUDA_GRAPHS=off): use run()")
+        self._check_names([*feeds, *pools])
+        for name, value in feeds.items():
+            spec = self.model.graph.value(name)
+            given = torch.from_numpy(np.empty(0, dtype=value.dtype)).dtype
+            if spec.dtype and torch_dtype(spec.dtype) != given:
+                raise InputError(f"input {name!r}: dtype {given} given, the model wants "
+                                 f"{torch_dtype(spec.dtype)}")
+        with torch.inference_mode():
+            outs = self.graphs.run(feeds, pools)
         return dict(zip(self.model.graph.outputs, outs))

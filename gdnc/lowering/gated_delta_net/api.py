@@ -14,11 +14,12 @@ from typing import cast
 import torch
 
 from gdnc.errors import OpArgumentError
-from gdnc.lowering.gated_delta_net.backends import ALGORITHMS, GdnCall, select_backend
+from gdnc.lowering.gated_delta_net.backends import ALGORITHMS, Backend, GdnCall, select_backend
 from gdnc.lowering.gated_delta_net.call_plan import CallPlan, Launch, plan_for
 from gdnc.lowering.gated_delta_net.checks import GdnShapes, index_values, validate
 from gdnc.lowering.gated_delta_net.launch import GdnLaunch, GdnOptions
 from gdnc.lowering.gated_delta_net.reference import gated_delta_net_reference
+from gdnc.lowering.host_values import capturing
 from gdnc.opset.gated_delta_net import INPUTS, OUTPUTS, REQUIRED_INPUTS, GdnAttrs, by_position
 
 
@@ -89,8 +90,12 @@ def gated_delta_net(
     def make() -> CallPlan:
         return _plan(operands, cu_seqlens, state_in_index, state_out_index, values, options)
 
-    plan = make() if values is None else plan_for(
-        operands, (cu_seqlens, state_in_index, state_out_index), values, options, make)
+    if capturing(q):  # a CUDA graph's launches read the index tensors themselves: no plan kept
+        plan = _plan(operands, cu_seqlens, state_in_index, state_out_index, values, options,
+                     captured=True)
+    else:
+        plan = make() if values is None else plan_for(
+            operands, (cu_seqlens, state_in_index, state_out_index), values, options, make)
     shp = plan.shapes
     o = _output(out, shp, v)
     if plan.backend.oracle:
@@ -115,8 +120,10 @@ def gated_delta_net(
 
 def _plan(operands: tuple, cu_seqlens: torch.Tensor, state_in_index: torch.Tensor | None,
           state_out_index: torch.Tensor | None, values: list[list[int] | None] | None,
-          options: tuple) -> CallPlan:
-    """Validate a call, choose its backend and lay out its launches (``call_plan``)."""
+          options: tuple, captured: bool = False) -> CallPlan:
+    """Validate a call, choose its backend and lay out its launches (``call_plan``).
+    ``captured``: the call is being captured in a CUDA graph, replayed later with other index
+    values: its one launch reads them from the index tensors on the device (``_captured``)."""
     q, k, v, g, beta, state_pool, token_states = operands
     backend, algorithm, head_map, state_layout, _ = options
     chosen = select_backend(backend, GdnCall(
@@ -128,18 +135,39 @@ def _plan(operands: tuple, cu_seqlens: torch.Tensor, state_in_index: torch.Tenso
     device = q.device
     ins, outs = list(shp.in_slots), list(shp.out_slots)
     reader = {slot: n for n, slot in enumerate(ins) if slot >= 0}
-    snapshot = None
-    if any(slot >= 0 and reader.get(slot, n) != n for n, slot in enumerate(outs)):
-        # an out slot is another sequence's in slot: snapshot the in states first
-        snapshot = _index([max(s, 0) for s in ins], device)
-        ins = [n if slot >= 0 else -1 for n, slot in enumerate(ins)]
+    # an out slot is another sequence's in slot: snapshot the in states first
+    overlap = any(slot >= 0 and reader.get(slot, n) != n for n, slot in enumerate(outs))
     groups: dict[str, list[int]] = {}
     if not chosen.oracle:
         for n, length in enumerate(shp.seq_lens):
             groups.setdefault(chosen.algorithm_for(algorithm, length), []).append(n)
+    if captured:
+        return _captured(shp, chosen, overlap, groups, cu_seqlens, state_in_index, state_out_index)
+    snapshot = None
+    if overlap:
+        snapshot = _index([max(s, 0) for s in ins], device)
+        ins = [n if slot >= 0 else -1 for n, slot in enumerate(ins)]
     launches = tuple(Launch(algo, _launch_indices(shp, seqs, ins, outs, device),
                             max(shp.seq_lens[n] for n in seqs)) for algo, seqs in groups.items())
     return CallPlan(shp, chosen, snapshot, launches)
+
+
+def _captured(shp: GdnShapes, chosen: Backend, overlap: bool, groups: dict[str, list[int]],
+              cu_seqlens: torch.Tensor, state_in_index: torch.Tensor | None,
+              state_out_index: torch.Tensor | None) -> CallPlan:
+    """The plan of a call captured in a CUDA graph: ONE launch over every sequence in order,
+    its index rows computed on the device from ``cu_seqlens`` and the slot tensors, so that a
+    replay with other values (the same shapes, one algorithm, no slot written that another
+    sequence reads) launches right. OpArgumentError for a call that needs more."""
+    if overlap or len(groups) != 1:
+        raise OpArgumentError("gated_delta_net: a call that needs a state snapshot or two algorithms "
+                              "cannot be captured in a CUDA graph")
+    ((algorithm, seqs),) = groups.items()
+    default = torch.arange(shp.N, dtype=torch.int64, device=cu_seqlens.device)
+    ins = default if state_in_index is None else state_in_index
+    outs = ins if state_out_index is None else state_out_index
+    indices = torch.stack([cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1], ins, outs])
+    return CallPlan(shp, chosen, None, (Launch(algorithm, indices, max(shp.seq_lens[n] for n in seqs)),))
 
 
 def _flatten_batch(

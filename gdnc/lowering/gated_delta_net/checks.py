@@ -12,6 +12,7 @@ from typing import cast
 import torch
 
 from gdnc.errors import OpArgumentError
+from gdnc.lowering.host_values import host_copy
 from gdnc.opset.gated_delta_net import HEAD_MAPS, STATE_LAYOUTS
 
 
@@ -100,7 +101,11 @@ def _check_index(name: str, idx: torch.Tensor | None, N: int) -> None:
 
 
 def _to_host(*tensors: torch.Tensor | None) -> list[list[int] | None]:
-    """The values of 1-D int64 tensors, read back with one device-to-host transfer."""
+    """The values of 1-D int64 tensors: the caller's host copies where it gave them
+    (``host_values.known``), else read back with one device-to-host transfer."""
+    copies = [None if x is None else host_copy(x) for x in tensors]
+    if all(c is not None for x, c in zip(tensors, copies) if x is not None):
+        return [None if c is None else c.tolist() for c in copies]
     given = [x for x in tensors if x is not None]
     if len({x.device for x in given}) > 1 or all(x.device.type == "cpu" for x in given):
         values = [v for x in given for v in x.tolist()]  # no transfer to save on the host

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from gdnc.errors import ModelLoadError, ShapeError
+from gdnc.lowering.host_values import host_copy
 from gdnc.lowering.quant import native_linear
 from gdnc.lowering.quant.blocks import dequantize, row_bytes
 
@@ -134,7 +135,9 @@ def embed(w: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
     rows, cols = w.shape
     flat = ids.reshape(-1)
     if flat.numel():
-        low, high = int(flat.min()), int(flat.max())
+        known = host_copy(flat)  # the caller's host copy: no values read back from a GPU
+        low, high = (int(flat.min()), int(flat.max())) if known is None else (int(known.min()),
+                                                                              int(known.max()))
         if low < -rows or high >= rows:
             raise IndexError(f"index {high if high >= rows else low} is out of bounds for dimension 0 "
                              f"with size {rows}")

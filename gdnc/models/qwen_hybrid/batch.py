@@ -44,9 +44,11 @@ def context_bytes(cfg: HybridConfig, slots: int, n_ctx: int, limits: Limits, kep
             "logits": 4 * kept_logits * cfg.n_vocab}
 
 
-def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logits: bool
-                ) -> dict[str, np.ndarray]:
-    """The index inputs of the batch graph (``graph.py``) for ``batch`` (contract there)."""
+def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logits: bool,
+                key_bucket: int = 1) -> dict[str, np.ndarray]:
+    """The index inputs of the batch graph (``graph.py``) for ``batch`` (contract there); the
+    key dim S padded to a multiple of ``key_bucket`` (at most the context): runs of one shape
+    for many steps (``batch_runner.KEY_BUCKET``)."""
     C, N = cfg.conv_kernel, len(batch)
     lengths = [len(e.tokens) for e in batch]
     cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -71,7 +73,8 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
     # graph hides keys after a query's position)
     query = np.minimum(np.arange(max(lengths))[None, :], lens[:, None] - 1)  # [N, Lq]
     seen = past + lens
-    key_pos = np.arange(int(seen.max()))[None, :]  # [1, S]
+    keys = int(seen.max())
+    key_pos = np.arange(min(-(-keys // key_bucket) * key_bucket, max(pool.n_ctx, keys)))[None, :]  # [1, S]
     rows = np.arange(len(tokens)) if all_logits else cu[1:] - 1
     return {
         "tokens": tokens, "positions": positions, "state_slots": slots,

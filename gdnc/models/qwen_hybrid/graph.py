@@ -230,10 +230,13 @@ def _rope_angles(e: GraphBuilder, c: HybridConfig) -> tuple[str, str]:
 
 
 def _hidden_keys(e: GraphBuilder) -> str:
-    """bool [N, 1, Lq, S]: key s is after query j of sequence n (its position is larger)."""
+    """bool [N, 1, Lq, S]: key s is after query j of sequence n (its position is larger). The key
+    positions 0..S-1 are an exclusive CumSum of ones as long as a row of ``kv_read``, not a
+    Range over its Shape: no shape is read as a value, so a step on a GPU reads nothing back to
+    the host (a CUDA graph can capture it)."""
     q_pos = e.op("Gather", "positions", "q_rows", axis=0)  # [N, Lq]
-    n_keys = e.op("Squeeze", e.op("Shape", "kv_read", start=1, end=2), e.const([0]))
-    key_pos = e.op("Range", e.const(0), n_keys, e.const(1))  # [S]
+    ones = e.op("Add", e.op("Mul", e.gather("kv_read", 0, 0), e.const(0)), e.const(1))  # [S]
+    key_pos = e.op("CumSum", ones, e.const(0), exclusive=1)  # [S]: 0, 1, ..., S-1
     return e.op("Less", e.unsqueeze(e.unsqueeze(q_pos, 1), 3), key_pos)
 
 
