@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# One device-tool call for issue 14 on a GPU: the compiled program against the interpreter in the
-# gpu-marked tests (same logits bit for bit on every test model), then `gdnc bench --e2e` on a
-# 0.5B-class F16 file (corpus.sized_gguf), compiled and interpreted. Logs go to $OUT.
+# One device-tool call for issue 14 on a GPU: the gpu-marked tests of the compiled program and
+# its CUDA graphs (compiled == interpreter bit for bit without graphs; graphed == eager steps),
+# then `gdnc bench --e2e` on a 0.5B-class F16 file (corpus.sized_gguf) with CUDA graphs on and
+# off (GDNC_CUDA_GRAPHS), and at prefill-2048 / 32 sequences; then HF transformers (+ fla) on a
+# model of the same shape in bf16 (benchmarks/hf_peer_decode.py). Logs and JSON go to $OUT.
 # Usage (device tool, carry .whl): bash benchmarks/gpu_e2e.sh
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:. || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-.} GDNC_CACHE_DIR=/tmp/gdnc-cache
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_compiled.py tests/runtime/test_serving.py \
-  tests/runtime/test_onnx_ops.py 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_compiled.py \
+  tests/runtime/test_serving.py > "$OUT/gpu_tests.log" 2>&1
+tail -30 "$OUT/gpu_tests.log"
 python3 -m corpus.sized_gguf --preset 0.5b --type f16 -o /tmp/0.5b-f16.gguf || exit 1
-for mode in "" "--interpret"; do
-  python3 -m gdnc bench /tmp/0.5b-f16.gguf --e2e --device cuda --rounds 3 --json $mode \
-    > "$OUT/e2e_cuda${mode:+_interpret}.json" 2>> "$OUT/e2e_cuda.err"
-  tail -c 400 "$OUT/e2e_cuda${mode:+_interpret}.json"
+e2e() {  # name, then bench options
+  local name=$1; shift
+  python3 -m gdnc bench /tmp/0.5b-f16.gguf --e2e --device cuda --json "$@" > "$OUT/e2e_$name.json" 2>> "$OUT/e2e.err"
+  python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1], {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k.endswith(('tok_s', 'host_us', 'graphs', 'gbps'))})" "$OUT/e2e_$name.json"
+}
+for round in 1 2; do  # interleaved: graphs on, off, on, off
+  GDNC_CUDA_GRAPHS=on e2e "graphs_on_$round" --rounds 3
+  GDNC_CUDA_GRAPHS=off e2e "graphs_off_$round" --rounds 3
 done
+e2e "graphs_on_2048x32" --rounds 2 --lengths 2048 --batches 32
+tail -5 "$OUT/e2e.err"
+python3 benchmarks/hf_peer_decode.py --preset 0.5b --device cuda --dtype bfloat16 --out "$OUT/hf_peer.json" \
+  > "$OUT/hf_peer.log" 2>&1; tail -22 "$OUT/hf_peer.log"
+python3 benchmarks/hf_peer_decode.py --preset 0.5b --device cuda --dtype bfloat16 --prompt 2048 --seqs 32 --rounds 2 \
+  --out "$OUT/hf_peer_2048x32.json" > "$OUT/hf_peer_2048x32.log" 2>&1; tail -8 "$OUT/hf_peer_2048x32.log"

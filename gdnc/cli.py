@@ -174,7 +174,8 @@ def bench(
     threads: int | None = typer.Option(None, help="torch and onnxruntime threads (default: torch's)"),
     quick: bool = typer.Option(False, "--quick", help="the small grid and few rounds (seconds)"),
     e2e: bool = typer.Option(False, "--e2e", help="instead: the fused model end to end, prefill-512, "
-                             "decode-64 of 1 and of 4 sequences (tokens/s)"),
+                             "decode-64 of 1 and of 4 sequences (tokens/s; --lengths N and --batches N "
+                             "set the prompt and the sequences decoded together)"),
     interpret: bool = typer.Option(False, "--interpret", help="with --e2e: the graph op by op, not compiled"),
     plot: Path | None = typer.Option(None, help="write a figure of the results here (.png, .svg, .pdf)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),

@@ -5,6 +5,8 @@ untimed warm-up (graph building, kernel builds): prefill of one ``prompt``-token
 empty state (llama-bench's pp512), ``decode`` greedy steps of one sequence (tg64: each step
 feeds the previous step's argmax), and ``decode`` steps of ``seqs`` sequences together. Greedy
 argmax is read back each step, as generation does; on CUDA each timed call ends synchronized.
+Then the host time of a decode step (``decode_host_us``: until ``forward`` returns, nothing
+read back) and whether its steps replayed CUDA graphs (``cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class EndToEnd:
     batch_decode_tok_s: float
     weight_bytes: int
     copy_bandwidth_gbps: float
+    decode_host_us: float
+    cuda_graphs: bool
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -76,12 +80,14 @@ def measure_e2e(path: Path, device: torch.device, *, rounds: int = ROUNDS, promp
             seconds = _timed(lambda: _greedy(model, pool, seqs, decode), sync)
             _record(rates["batch"], timed, seqs * decode, seconds)
             bar.advance()
+    graphs = model.fused_executor().graphs
     return EndToEnd(
         model=str(path), arch=model.cfg.arch, device=device_info(device), compiled=compiled,
         rounds=rounds, prompt=prompt, decode=decode, seqs=seqs,
         prefill_tok_s=statistics.median(rates["prefill"]), decode_tok_s=statistics.median(rates["decode"]),
         batch_decode_tok_s=statistics.median(rates["batch"]), weight_bytes=_step_bytes(model),
-        copy_bandwidth_gbps=copy_bandwidth(device, 3))
+        copy_bandwidth_gbps=copy_bandwidth(device, 3), decode_host_us=_host_us(model, pool, sync, decode),
+        cuda_graphs=graphs is not None and graphs.refused is None and graphs.replays > 0)
 
 
 def _step_bytes(model: HybridModel) -> int:
@@ -99,6 +105,21 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def _host_us(model: HybridModel, pool: StatePool, sync: Callable[[], None], steps: int) -> float:
+    """Median host time of one decode step of one sequence, in µs: from an idle device until
+    ``forward`` returns, nothing read back (on a GPU the kernels may still run; on the CPU it
+    is the whole step)."""
+    (slot,) = _fresh_slots(pool, 1)
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        model.forward(pool, [Entry(slot, (1,))])
+        times.append(time.perf_counter() - start)
+    sync()
+    return statistics.median(times) * 1e6
 
 
 def _record(rates: list[float], timed: bool, tokens: int, seconds: float) -> None:

@@ -41,7 +41,8 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
 
             torch.set_num_threads(opts.threads)
         _end_to_end(model, resolved, opts.rounds if rounds is not None else None, not interpret, plot,
-                    as_json, quiet, out, err)
+                    _one(opts.lengths, "--lengths") if lengths else None,
+                    _one(opts.batches, "--batches") if batches else None, as_json, quiet, out, err)
         return
     if interpret:
         raise InputError("--interpret goes with --e2e")
@@ -58,16 +59,25 @@ def bench(model: Path, *, device: str, batches: str | None, lengths: str | None,
             out.print(f"wrote {plot}")
 
 
+def _one(values: tuple[int, ...], option: str) -> int:
+    """The one value ``option`` may give with ``--e2e``."""
+    if len(values) != 1:
+        raise InputError(f"{option} takes one number with --e2e, got {len(values)}")
+    return values[0]
+
+
 def _end_to_end(model: Path, device: torch.device, rounds: int | None, compiled: bool, plot: Path | None,
-                as_json: bool, quiet: bool, out: Console, err: Console) -> None:
-    """``--e2e``: the fused model end to end (``gdnc.bench.end_to_end``)."""
-    from gdnc.bench.end_to_end import ROUNDS, measure_e2e
+                prompt: int | None, seqs: int | None, as_json: bool, quiet: bool, out: Console,
+                err: Console) -> None:
+    """``--e2e``: the fused model end to end (``gdnc.bench.end_to_end``); ``prompt`` and
+    ``seqs`` (None: the defaults) from ``--lengths`` and ``--batches``."""
+    from gdnc.bench.end_to_end import PROMPT, ROUNDS, SEQS, measure_e2e
     from gdnc.commands.bench_tables import e2e_table
 
     if plot is not None:
         raise InputError("--plot draws the fused-vs-unfused grid, not --e2e")
-    result = measure_e2e(model, device, rounds=rounds or ROUNDS, compiled=compiled, console=err,
-                         show=not (as_json or quiet))
+    result = measure_e2e(model, device, rounds=rounds or ROUNDS, prompt=prompt or PROMPT, seqs=seqs or SEQS,
+                         compiled=compiled, console=err, show=not (as_json or quiet))
     if as_json:
         out.print_json(json.dumps(result.to_json()))
     elif not quiet:

@@ -96,7 +96,9 @@ def e2e_table(result: EndToEnd) -> Table:
                         f"({d['kind']}, {d['threads']} threads), "
                         f"{'compiled' if result.compiled else 'interpreted'}, median of {result.rounds}",
                   caption=f"weights read per decode step {_mib(result.weight_bytes)} MiB; copy bandwidth "
-                          f"{number(result.copy_bandwidth_gbps)} GB/s (read + write)",
+                          f"{number(result.copy_bandwidth_gbps)} GB/s (read + write); host time of a "
+                          f"decode step {number(result.decode_host_us)} µs"
+                          f"{', CUDA graphs' if result.cuda_graphs else ''}",
                   title_justify="left")
     for head in ("test", "tok/s", "% of weight-read bound"):
         table.add_column(head, justify="right" if head != "test" else "left")

@@ -167,8 +167,20 @@ def test_end_to_end_json_and_table() -> None:
     assert (result["prompt"], result["decode"], result["seqs"], result["rounds"]) == (512, 64, 4, 1)
     assert result["compiled"] and result["weight_bytes"] > 0 and result["device"]["kind"] == "cpu"
     assert all(math.isfinite(result[k]) and result[k] > 0
-               for k in ("prefill_tok_s", "decode_tok_s", "batch_decode_tok_s", "copy_bandwidth_gbps"))
+               for k in ("prefill_tok_s", "decode_tok_s", "batch_decode_tok_s", "copy_bandwidth_gbps",
+                         "decode_host_us"))
+    assert result["cuda_graphs"] is False  # the CPU replays none
     text = _ok(table).stdout
-    assert all(row in text for row in ("prefill 512", "decode 64, 1 sequence", "decode 64, 4 sequences"))
+    assert all(row in text for row in ("prefill 512", "decode 64, 1 sequence", "decode 64, 4 sequences",
+                                       "host time of a decode step"))
     refused = run_cli(["bench", str(MODEL), "--e2e", "--plot", "x.png"])
     assert refused.code == 1 and "--plot" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_end_to_end_prompt_and_sequences_from_lengths_and_batches() -> None:
+    (shaped,) = gdnc_all(("bench", MODEL, "--e2e", "--json", "--rounds", "1", "--lengths", "16",
+                          "--batches", "3"))
+    result = json.loads(_ok(shaped).stdout)
+    assert (result["prompt"], result["seqs"]) == (16, 3)
+    refused = run_cli(["bench", str(MODEL), "--e2e", "--lengths", "16,32"])
+    assert refused.code == 1 and "--lengths takes one number with --e2e" in refused.stderr
