@@ -11,11 +11,14 @@ float32, no copy).
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -169,12 +172,26 @@ def _linear_3d(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
 def _matmul(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
     """Writes x [M, cols] @ W^T into ``out`` [M, rows] (unit column stride), W's rows given
     as ``raw`` uint8 [rows, row_bytes] of ``qtype``: by the native kernel, which dequantizes while
-    it multiplies, where it takes the call (``native_linear.takes``: CPU, few rows of x), else
-    by ``_matmul_chunks``."""
+    it multiplies, where it takes the call (``native_linear.takes``: CPU, few rows of x), by the
+    Triton kernel on a GPU (``triton_linear.takes``: F16/BF16, few rows), else by
+    ``_matmul_chunks``."""
+    gpu = _triton_linear() if x.is_cuda else None
     if native_linear.takes(x, qtype):
         native_linear.linear_rows(x if x.stride(1) == 1 else x.contiguous(), raw.contiguous(), qtype, out)
+    elif gpu is not None and gpu.takes(x, qtype):
+        gpu.linear_rows(x.contiguous(), raw, qtype, out)
     else:
         _matmul_chunks(x, raw, qtype, out)
+
+
+@functools.cache
+def _triton_linear() -> ModuleType | None:
+    """``triton_linear`` (the GPU decode kernel), None without Triton."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from gdnc.lowering.quant import triton_linear
+
+    return triton_linear
 
 
 def _matmul_chunks(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
