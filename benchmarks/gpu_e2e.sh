@@ -11,7 +11,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 OUT=${OUT:-.} GDNC_CACHE_DIR=/tmp/gdnc-cache
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_compiled.py \
-  tests/runtime/test_serving.py > "$OUT/gpu_tests.log" 2>&1
+  tests/runtime/test_serving.py tests/lowering/test_triton_linear.py > "$OUT/gpu_tests.log" 2>&1
+python3 benchmarks/gpu_linear.py --out "$OUT/gpu_linear.json" 2>&1 | tail -16
 tail -30 "$OUT/gpu_tests.log"
 python3 -m corpus.sized_gguf --preset 0.5b --type f16 -o /tmp/0.5b-f16.gguf || exit 1
 e2e() {  # name, then bench options
