@@ -30,3 +30,5 @@ python3 benchmarks/hf_peer_decode.py --preset 0.5b --device cuda --dtype bfloat1
   > "$OUT/hf_peer.log" 2>&1; tail -22 "$OUT/hf_peer.log"
 python3 benchmarks/hf_peer_decode.py --preset 0.5b --device cuda --dtype bfloat16 --prompt 2048 --seqs 32 --rounds 2 \
   --out "$OUT/hf_peer_2048x32.json" > "$OUT/hf_peer_2048x32.log" 2>&1; tail -8 "$OUT/hf_peer_2048x32.log"
+python3 benchmarks/gpu_step_profile.py /tmp/0.5b-f16.gguf --out "$OUT/gpu_step_profile.json" > "$OUT/gpu_step_profile.log" 2>&1
+tail -32 "$OUT/gpu_step_profile.log"
