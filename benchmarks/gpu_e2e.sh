@@ -10,7 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   && export PYTHONPATH=/tmp/site:. || exit 1
 export PYTHONUNBUFFERED=1 OUT=${OUT:-.} GDNC_CACHE_DIR=/tmp/gdnc-cache
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_compiled.py \
+timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/runtime/test_cuda_graphs.py tests/runtime/test_compiled.py \
   tests/runtime/test_serving.py tests/lowering/test_triton_linear.py > "$OUT/gpu_tests.log" 2>&1
 python3 benchmarks/gpu_linear.py --out "$OUT/gpu_linear.json" 2>&1 | tail -16
 tail -30 "$OUT/gpu_tests.log"
@@ -20,10 +20,8 @@ e2e() {  # name, then bench options
   python3 -m gdnc bench /tmp/0.5b-f16.gguf --e2e --device cuda --json "$@" > "$OUT/e2e_$name.json" 2>> "$OUT/e2e.err"
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[1], {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k.endswith(('tok_s', 'host_us', 'graphs', 'gbps'))})" "$OUT/e2e_$name.json"
 }
-for round in 1 2; do  # interleaved: graphs on, off, on, off
-  GDNC_CUDA_GRAPHS=on e2e "graphs_on_$round" --rounds 3
-  GDNC_CUDA_GRAPHS=off e2e "graphs_off_$round" --rounds 3
-done
+GDNC_CUDA_GRAPHS=on e2e graphs_on --rounds 3  # side by side in one call
+GDNC_CUDA_GRAPHS=off e2e graphs_off --rounds 3
 e2e "graphs_on_2048x32" --rounds 2 --lengths 2048 --batches 32
 tail -5 "$OUT/e2e.err"
 python3 benchmarks/hf_peer_decode.py --preset 0.5b --device cuda --dtype bfloat16 --out "$OUT/hf_peer.json" \
