@@ -8,7 +8,7 @@ kernel reads W's 16-bit rows once, widens them in registers and multiplies them 
 with float32 sums, so it agrees with the other paths to float32 rounding.
 
 Program p computes output columns [p*BLOCK_N, (p+1)*BLOCK_N) of all M <= ``MAX_ROWS`` rows of x,
-walking K in ``BLOCK_K`` steps. The module imports Triton: import it only where ``available()``.
+walking K in ``BLOCK_K`` steps (``blocks``). The module imports Triton: import it only where ``available()``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import triton.language as tl
 
 MAX_ROWS = 8  # x rows the kernel takes (its [BLOCK_M, BLOCK_N, BLOCK_K] product stays in registers)
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16}
-BLOCK_K = 128
 
 
 def available() -> bool:
@@ -50,14 +49,23 @@ def takes(x: torch.Tensor, qtype: str) -> bool:
     return x.is_cuda and qtype in DTYPES and 0 < x.shape[0] <= MAX_ROWS
 
 
-def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor) -> None:
+def blocks(block_m: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for ``block_m`` rows of x: 4 rows of W a program (many
+    programs for every SM), each step a 512-element (1 KiB) stretch of them, fewer for more rows
+    of x (the product stays in registers)."""
+    return (4, 512, 4) if block_m <= 2 else (4, 256, 4)
+
+
+def linear_rows(x: torch.Tensor, raw: torch.Tensor, qtype: str, out: torch.Tensor,
+                config: tuple[int, int, int] | None = None) -> None:
     """Writes x [M, K] (float32, contiguous) @ W^T into ``out`` [M, N] (float32, unit column
     stride), W's rows given as ``raw`` uint8 [N, 2K] of ``qtype`` (F16 or BF16), all on one
-    device (a GPU, or the CPU under TRITON_INTERPRET=1)."""
+    device (a GPU, or the CPU under TRITON_INTERPRET=1). ``config``: (BLOCK_N, BLOCK_K,
+    num_warps) instead of ``blocks``' (for sweeps)."""
     M, K = x.shape
     w = raw.contiguous().view(DTYPES[qtype])
     N = w.shape[0]
     block_m = triton.next_power_of_2(M)
-    block_n = 16 if block_m <= 2 and N >= 4096 else 8  # enough programs for every SM
-    _rows_kernel[(triton.cdiv(N, block_n),)](x, w, out, M, N, K, out.stride(0),
-                                             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, num_warps=4)
+    block_n, block_k, warps = config or blocks(block_m)
+    _rows_kernel[(triton.cdiv(N, block_n),)](x, w, out, M, N, K, out.stride(0), BLOCK_M=block_m,
+                                             BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)

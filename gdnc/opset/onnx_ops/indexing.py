@@ -23,11 +23,13 @@ def _wrap(index: torch.Tensor, dim: int | torch.Tensor) -> torch.Tensor:
 
 
 def _linear_index(index: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """Row-major offsets into ``dims`` of the index tuples along the last axis of ``index``."""
-    sizes = torch.tensor(list(dims), dtype=torch.int64, device=index.device)
-    strides = [math.prod(dims[i + 1 :]) for i in range(len(dims))]
-    strides_t = torch.tensor(strides, dtype=torch.int64, device=index.device)
-    return (_wrap(index, sizes) * strides_t).sum(-1)
+    """Row-major offsets into ``dims`` of the index tuples along the last axis of ``index``
+    (dims and strides as Python numbers: no tensor made from host values, so a CUDA graph
+    can capture it)."""
+    offsets = torch.zeros(index.shape[:-1], dtype=torch.int64, device=index.device)
+    for i, dim in enumerate(dims):
+        offsets += _wrap(index[..., i], int(dim)) * math.prod(dims[i + 1:])
+    return offsets
 
 
 def _reduction(ctx: OpContext) -> str | None:
