@@ -9,6 +9,7 @@ which sees the enclosing scopes' values its subgraphs read.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -173,8 +174,9 @@ class Executor:
                 j: name.removesuffix(".out") for j, name in enumerate(outputs)
                 if name.endswith(".out") and name.removesuffix(".out") in donated})
 
-    @property
+    @functools.cached_property
     def input_names(self) -> list[str]:
+        """The graph inputs a run is fed (not initializers, not bound): found once."""
         g = self.model.graph
         return [n for n in g.inputs if n not in g.initializers and n not in self.bound]
 
