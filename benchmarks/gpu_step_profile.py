@@ -1,7 +1,7 @@
 """Where a decode step's GPU time goes: one sequence of a GGUF file on CUDA, after a 512-token
 prompt.
 
-- the GPU time of a replayed step (CUDA graphs; CUDA events around ``forward``, median of 32);
+- the GPU time of a replayed step (CUDA graphs; CUDA events around ``forward``, median of 16);
 - the same step launched from Python (``GDNC_CUDA_GRAPHS=off``), under torch's profiler: the
   kernels' GPU time per step grouped by kernel name (top 25), and their count.
 
@@ -26,7 +26,7 @@ from gdnc.bench.timing import copy_bandwidth
 from gdnc.models.qwen_hybrid.model import HybridModel
 from gdnc.runtime.state_pool import Entry
 
-STEPS = 32
+STEPS = 16
 
 
 def _prefilled(path: str) -> tuple[HybridModel, object, int]:
