@@ -109,9 +109,13 @@ def _scatter_nd(ctx: OpContext, inputs: list[Any]) -> list[torch.Tensor]:
     in_place = 0 in ctx.donated and data.is_contiguous()  # the caller's pool, updated in place
     out = rows_view if in_place else rows_view.clone()
     reduce = _reduction(ctx)
-    # a plain write of one index per row: torch's indexing wraps negative ones as ONNX does
-    plain = k == 1 and reduce is None and index.dtype in (torch.int64, torch.int32)
-    rows = index.reshape(-1) if plain else _linear_index(index, data.shape[:k]).reshape(-1)
+    if reduce is None and k and index.dtype in (torch.int64, torch.int32):
+        # a plain write: one advanced-indexing assignment, an index tensor per indexed dim
+        # (torch wraps negative indices as ONNX does)
+        target = out.view(data.shape)
+        target[tuple(index[..., i] for i in range(k))] = updates
+        return [target]
+    rows = _linear_index(index, data.shape[:k]).reshape(-1)
     updates = updates.reshape(-1, *tail)
     if reduce is None:
         out[rows] = updates
