@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.overrides import TorchFunctionMode
 
 from gdnc.errors import OpArgumentError
 from gdnc.lowering.gated_delta_net import api
@@ -225,3 +226,48 @@ def test_cuda_graphs_follow_changing_batches(monkeypatch: pytest.MonkeyPatch) ->
     assert graphed.fused_executor().graphs.captures >= 3
     monkeypatch.setenv("GDNC_CUDA_GRAPHS", "off")
     assert _changing_batches(HybridModel(str(MODELS[3]), device="cuda", file=graphed.file), seed) == got
+
+
+class _NoHostTraffic(TorchFunctionMode):
+    """Fails on every torch call that, on a GPU, reads a value back to the host or makes a
+    tensor from host values (a stall; an error inside a CUDA graph capture). Reading one of
+    the graph's ``constants`` is allowed: on a GPU the executor hands the ops that read them
+    host copies."""
+
+    FORBIDDEN = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu",
+                 "tensor", "as_tensor"}
+
+    def __init__(self, constants: object) -> None:
+        super().__init__()
+        self.constants = {id(c) for c in constants}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.FORBIDDEN and not (args and id(args[0]) in self.constants):
+            raise AssertionError(f"torch.{name} in a step meant for a CUDA graph")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+def test_a_padded_decode_step_reads_nothing_back_and_uploads_nothing(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a capture needs, checked on the CPU: one padded decode step of the compiled fused
+    graph, given the feeds' host copies and the GatedDeltaNet call's captured plan, calls no
+    torch function that reads a value back or makes a tensor from host values; its logits and
+    pools are the plain step's."""
+    model = HybridModel(str(path))
+    pool = model.new_pool(4, 64)
+    slots = [pool.allocate() for _ in range(3)]
+    rng = np.random.default_rng()
+    model.forward(pool, [Entry(s, tuple(int(t) for t in rng.integers(0, model.n_vocab, 3))) for s in slots])
+    batch = padded_decode(pool, [Entry(s, (int(rng.integers(model.n_vocab)),)) for s in slots])
+    ex = model.fused_executor()
+    feeds = batch_feeds(model.cfg, pool, batch, False, KEY_BUCKET)
+    tensors = {n: torch.from_numpy(feeds[n]) for n in ex.input_names if n in feeds}
+    plain = ex.run({**tensors, **{n: t.clone() for n, t in pool.tensors.items()}})
+    monkeypatch.setattr(api, "capturing", lambda t: True)
+    with torch.inference_mode(), known((tensors[n], feeds[n]) for n in tensors), \
+            _NoHostTraffic(ex.runner.constants.values()):
+        outs = ex.runner.run({**tensors, **pool.tensors})
+    got = dict(zip(ex.model.graph.outputs, outs))
+    assert all(torch.equal(got[n], plain[n]) for n in plain)
