@@ -48,14 +48,35 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
                 key_bucket: int = 1) -> dict[str, np.ndarray]:
     """The index inputs of the batch graph (``graph.py``) for ``batch`` (contract there); the
     key dim S padded to a multiple of ``key_bucket`` (at most the context): runs of one shape
-    for many steps (``batch_runner.KEY_BUCKET``)."""
-    C, N = cfg.conv_kernel, len(batch)
-    lengths = [len(e.tokens) for e in batch]
-    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    for many steps (``batch_runner.KEY_BUCKET``). A batch of one token per sequence takes the
+    short path (``decode_layout``; a replayed GPU step spends its host time here)."""
+    slots = np.array([e.slot for e in batch], dtype=np.int64)
     past = np.array([pool.n_past[e.slot] for e in batch], dtype=np.int64)
-    tokens = np.concatenate([np.asarray(e.tokens, dtype=np.int64) for e in batch])
+    lengths = np.array([len(e.tokens) for e in batch], dtype=np.int64)
+    if lengths.max() == 1:
+        feeds = decode_layout(cfg.conv_kernel, np.array([e.tokens[0] for e in batch], dtype=np.int64),
+                              past, slots)
+    else:
+        feeds = packed_layout(cfg.conv_kernel, [e.tokens for e in batch], past, slots, all_logits)
+    seen = past + lengths
+    keys = int(seen.max())
+    # key s of sequence n is its cache position s (padding reads n's position 0, hidden: the
+    # graph hides keys after a query's position)
+    key_pos = np.arange(min(-(-keys // key_bucket) * key_bucket, max(pool.n_ctx, keys)))[None, :]  # [1, S]
+    feeds["kv_read"] = slots[:, None] * pool.n_ctx + np.where(key_pos < seen[:, None], key_pos, 0)
+    return feeds
+
+
+def packed_layout(C: int, tokens: list[tuple[int, ...]], past: np.ndarray, slots: np.ndarray,
+                  all_logits: bool) -> dict[str, np.ndarray]:
+    """The index inputs but ``kv_read`` of sequences of ``tokens`` (any lengths >= 1) after
+    ``past`` tokens in ``slots``, conv kernel ``C``."""
+    N = len(tokens)
+    lengths = [len(t) for t in tokens]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens])
     seq = np.repeat(np.arange(N), lengths)
-    offset = np.arange(len(tokens)) - cu[seq]  # j: index of each token within its sequence
+    offset = np.arange(len(flat)) - cu[seq]  # j: index of each token within its sequence
 
     def conv_row(n: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Row of [conv states (N*(C-1)); new inputs] holding input position p of sequence n."""
@@ -65,23 +86,34 @@ def batch_feeds(cfg: HybridConfig, pool: StatePool, batch: list[Entry], all_logi
     conv_rows = conv_row(seq[:, None], offset[:, None] + taps[None, :])
     last = np.arange(C - 1) - (C - 1)
     conv_state_rows = conv_row(np.arange(N)[:, None], np.asarray(lengths)[:, None] + last[None, :])
-    slots = np.array([e.slot for e in batch], dtype=np.int64)
     positions = past[seq] + offset
     lens = np.asarray(lengths)
     # attention, padded per sequence: query j of n is token row cu[n] + j (padding repeats n's
-    # last token), key s is n's cache position s (padding reads n's position 0, hidden: the
-    # graph hides keys after a query's position)
+    # last token)
     query = np.minimum(np.arange(max(lengths))[None, :], lens[:, None] - 1)  # [N, Lq]
-    seen = past + lens
-    keys = int(seen.max())
-    key_pos = np.arange(min(-(-keys // key_bucket) * key_bucket, max(pool.n_ctx, keys)))[None, :]  # [1, S]
-    rows = np.arange(len(tokens)) if all_logits else cu[1:] - 1
+    rows = np.arange(len(flat)) if all_logits else cu[1:] - 1
     return {
-        "tokens": tokens, "positions": positions, "state_slots": slots,
+        "tokens": flat, "positions": positions, "state_slots": slots,
         "conv_rows": conv_rows.astype(np.int64), "conv_state_rows": conv_state_rows.astype(np.int64),
         "kv_write": np.stack([slots[seq], positions], 1),
         "q_rows": cu[:-1, None] + query,
-        "kv_read": slots[:, None] * pool.n_ctx + np.where(key_pos < seen[:, None], key_pos, 0),
         "o_rows": seq * max(lengths) + offset,
         "logit_rows": rows.astype(np.int64), CU_SEQLENS: cu,
+    }
+
+
+def decode_layout(C: int, tokens: np.ndarray, past: np.ndarray, slots: np.ndarray) -> dict[str, np.ndarray]:
+    """``packed_layout`` of one token per sequence, in closed form: sequence n's conv window is
+    its C-1 state rows then its token's row, its new conv state the window's last C-1 rows;
+    every other index is n itself."""
+    N = len(tokens)
+    n = np.arange(N, dtype=np.int64)[:, None]
+    states = n * (C - 1) + np.arange(C - 1, dtype=np.int64)[None, :]  # [N, C-1]
+    new = N * (C - 1) + n  # [N, 1]: the row of n's token after every state row
+    window = np.concatenate([states, new], 1)  # [N, C]
+    return {
+        "tokens": tokens, "positions": past, "state_slots": slots,
+        "conv_rows": window, "conv_state_rows": np.ascontiguousarray(window[:, 1:]),
+        "kv_write": np.stack([slots, past], 1), "q_rows": n, "o_rows": n[:, 0], "logit_rows": n[:, 0],
+        CU_SEQLENS: np.arange(N + 1, dtype=np.int64),
     }
