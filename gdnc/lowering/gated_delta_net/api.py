@@ -163,8 +163,8 @@ def _captured(shp: GdnShapes, chosen: Backend, overlap: bool, groups: dict[str, 
         raise OpArgumentError("gated_delta_net: a call that needs a state snapshot or two algorithms "
                               "cannot be captured in a CUDA graph")
     ((algorithm, seqs),) = groups.items()
-    default = torch.arange(shp.N, dtype=torch.int64, device=cu_seqlens.device)
-    ins = default if state_in_index is None else state_in_index
+    ins = torch.arange(shp.N, dtype=torch.int64, device=cu_seqlens.device) if state_in_index is None \
+        else state_in_index
     outs = ins if state_out_index is None else state_out_index
     indices = torch.stack([cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1], ins, outs])
     return CallPlan(shp, chosen, None, (Launch(algorithm, indices, max(shp.seq_lens[n] for n in seqs)),))

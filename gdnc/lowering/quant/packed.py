@@ -139,8 +139,8 @@ def embed(w: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
     flat = ids.reshape(-1)
     if flat.numel():
         known = host_copy(flat)  # the caller's host copy: no values read back from a GPU
-        low, high = (int(flat.min()), int(flat.max())) if known is None else (int(known.min()),
-                                                                              int(known.max()))
+        values = flat if known is None else known
+        low, high = int(values.min()), int(values.max())
         if low < -rows or high >= rows:
             raise IndexError(f"index {high if high >= rows else low} is out of bounds for dimension 0 "
                              f"with size {rows}")

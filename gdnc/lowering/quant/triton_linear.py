@@ -8,12 +8,11 @@ kernel reads W's 16-bit rows once, widens them in registers and multiplies them 
 with float32 sums, so it agrees with the other paths to float32 rounding.
 
 Program p computes output columns [p*BLOCK_N, (p+1)*BLOCK_N) of all M <= ``MAX_ROWS`` rows of x,
-walking K in ``BLOCK_K`` steps (``blocks``). The module imports Triton: import it only where ``available()``.
+walking K in ``BLOCK_K`` steps (``blocks``). The module imports Triton: ``packed`` imports it
+only where Triton is installed.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import torch
 import triton
@@ -21,10 +20,6 @@ import triton.language as tl
 
 MAX_ROWS = 8  # x rows the kernel takes (its [BLOCK_M, BLOCK_N, BLOCK_K] product stays in registers)
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def available() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 @triton.jit
